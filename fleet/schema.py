@@ -1,0 +1,19 @@
+"""OpenAPI descriptions of our authentication schemes (loaded by drf-spectacular)."""
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+
+class ApiTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "fleet.auth.ApiTokenAuthentication"
+    name = "apiToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "efu_… (operator API token)"}
+
+
+class DeviceTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "fleet.auth.DeviceTokenAuthentication"
+    name = "deviceToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "efd_… (device token)"}
