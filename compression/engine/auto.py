@@ -5,6 +5,11 @@ useful settings, 4-bit weights, float16, pruning followed by int8, and structure
 recipe whose module is not installed is skipped with a note; a recipe that refuses the model
 stays in the report as a ``failed`` variant marked ``not_applicable``, so the operator sees
 every evaluation. The Pareto frontier and the recommendation rule live in ``report.py``.
+
+Distillation trains a network (seconds on toy models, minutes to hours on real ones), so it is
+never tried by surprise: ``distill`` and ``distill+int8-dynamic`` join the grid only when the
+job asks, with the engine option ``include_distill=True`` (or by naming them in
+``auto_recipes``).
 """
 
 from __future__ import annotations
@@ -24,18 +29,27 @@ GRID: list[tuple[str, dict[str, Any]]] = [
     ("prune-magnitude+int8-dynamic", {}),
     ("prune-structured", {}),
 ]
+ON_REQUEST: list[tuple[str, dict[str, Any]]] = [
+    ("distill", {}),
+    ("distill+int8-dynamic", {}),
+]
+"""Grid entries with a recipe that ``auto`` runs only when asked (``RecipeSpec.auto`` False)."""
 
 
-def candidates(only: list[str] | None = None) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+def candidates(
+    only: list[str] | None = None, *, include_distill: bool = False
+) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
     """The grid entries whose recipe modules import, and notes on those skipped. ``only``
-    restricts the grid to the given recipe (or chain) names."""
+    restricts the grid to the given recipe (or chain) names; recipes that ``auto`` does not try
+    by default (``distill``) are added when ``include_distill`` is set or ``only`` names them."""
     chosen, notes = [], []
     unavailable: dict[str, str] = {}
-    for recipe, params in GRID:
+    for recipe, params in GRID + ON_REQUEST:
         if only is not None and recipe not in only:
             continue
+        asked = include_distill or (only is not None and recipe in only)
         steps = parse_chain(recipe)
-        missing = [s for s in steps if s in unavailable or not REGISTRY[s].auto]
+        missing = [s for s in steps if s in unavailable or not (REGISTRY[s].auto or asked)]
         for step in steps:
             if step in unavailable or step in missing:
                 continue

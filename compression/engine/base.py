@@ -46,12 +46,16 @@ class RecipeContext:
     params: dict[str, Any] = field(default_factory=dict)
     """Recipe parameters, already validated; unknown keys are rejected before ``apply``."""
     calibration: Feeds | None = None
-    """Calibration split of the dataset (or synthesized inputs), one array per input."""
+    """Calibration split of the dataset (or synthesized inputs), one array per input. For
+    ``distill`` the engine passes every sample outside the held-out evaluation split here."""
     calibration_labels: np.ndarray | None = None
     evaluation: Feeds | None = None
     """Held-out split, used by the engine for verification; recipes that search (mixed precision
     fallback, distillation early stopping) may use it too."""
     evaluation_labels: np.ndarray | None = None
+    synthetic: bool = False
+    """True when no dataset was given and ``calibration``/``evaluation`` are random inputs
+    synthesized from the input specs. Recipes that learn from data (``distill``) refuse them."""
     work_dir: Path | None = None
     """A private scratch directory, removed by the engine afterwards."""
     log: Callable[[str], None] = print

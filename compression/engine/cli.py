@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-latency-ms", type=float, help="recommend only variants this fast (p50)"
     )
+    parser.add_argument(
+        "--include-distill",
+        action="store_true",
+        help="let auto also train distilled students (slow; needs PyTorch and a dataset)",
+    )
     parser.add_argument("--threads", type=int, help="intra-op threads for measurements (default 1)")
     parser.add_argument(
         "--latency-runs", type=int, help="measured runs per model (default: ~2 s worth)"
@@ -183,6 +188,8 @@ def main(
     ):
         if arg is not None:
             options[key] = arg
+    if args.include_distill:
+        options["include_distill"] = True
     bar = _Bar(stderr, quiet=args.quiet)
     try:
         report = compress(

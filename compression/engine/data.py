@@ -8,7 +8,8 @@ be stored without the per-sample batch axis ([n, 3, 224, 224]); each row then be
 one.
 
 The split into calibration and held-out evaluation samples is deterministic (a fixed-seed
-permutation), so two runs on the same dataset verify on the same samples.
+permutation), so two runs on the same dataset verify on the same samples. Recipes that train
+(``distill``) get the training split: every sample outside the evaluation split.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class Data:
     calibration_labels: np.ndarray | None = None
     evaluation_labels: np.ndarray | None = None
     synthetic: bool = False
+    training: Feeds | None = None
+    """Every sample outside the evaluation split (calibration included): what recipes that
+    train (``distill``) learn from. None means the same as ``calibration``."""
+    training_labels: np.ndarray | None = None
     sha256: str | None = None
     """sha256 of the dataset file (None for synthesized inputs)."""
     notes: list[str] = field(default_factory=list)
@@ -47,6 +52,10 @@ class Data:
     @property
     def n_evaluation(self) -> int:
         return _n_samples(self.evaluation)
+
+    @property
+    def n_training(self) -> int:
+        return _n_samples(self.training if self.training is not None else self.calibration)
 
 
 def _n_samples(feeds: Feeds) -> int:
@@ -233,6 +242,28 @@ def synthesize(
     return feeds, notes
 
 
+def split_indices(
+    n: int,
+    *,
+    calibration_samples: int = 128,
+    evaluation_samples: int = 500,
+    seed: int = SPLIT_SEED,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted sample indices (calibration, evaluation, training) of a deterministic split.
+
+    A fixed-seed permutation: calibration takes its first samples (at most half, at most
+    ``calibration_samples``), evaluation the next ones (at most ``evaluation_samples``), and
+    training is every sample not in evaluation (so it includes calibration). Evaluation never
+    shares a sample with calibration or training."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_cal = max(1, min(calibration_samples, n // 2))
+    n_eval = max(1, evaluation_samples)
+    cal_idx = np.sort(order[:n_cal])
+    eval_idx = np.sort(order[n_cal : n_cal + n_eval])
+    train_idx = np.sort(np.concatenate([order[:n_cal], order[n_cal + n_eval :]]))
+    return cal_idx, eval_idx, train_idx
+
+
 def split(
     feeds: Feeds,
     labels: np.ndarray | None,
@@ -243,22 +274,23 @@ def split(
 ) -> tuple[Feeds, np.ndarray | None, Feeds, np.ndarray | None]:
     """Deterministic split: a fixed-seed permutation; calibration takes at most half the samples
     (and at most ``calibration_samples``), evaluation the rest (at most ``evaluation_samples``).
-    The two never share a sample."""
-    n = _n_samples(feeds)
-    order = np.random.default_rng(seed).permutation(n)
-    n_cal = max(1, min(calibration_samples, n // 2))
-    cal_idx = np.sort(order[:n_cal])
-    eval_idx = np.sort(order[n_cal : n_cal + max(1, evaluation_samples)])
-
-    def take(idx: np.ndarray) -> Feeds:
-        return {name: arr[idx] for name, arr in feeds.items()}
-
+    The two never share a sample. (``split_indices`` also gives the training split.)"""
+    cal_idx, eval_idx, _ = split_indices(
+        _n_samples(feeds),
+        calibration_samples=calibration_samples,
+        evaluation_samples=evaluation_samples,
+        seed=seed,
+    )
     return (
-        take(cal_idx),
+        _take(feeds, cal_idx),
         None if labels is None else labels[cal_idx],
-        take(eval_idx),
+        _take(feeds, eval_idx),
         None if labels is None else labels[eval_idx],
     )
+
+
+def _take(feeds: Feeds, idx: np.ndarray) -> Feeds:
+    return {name: arr[idx] for name, arr in feeds.items()}
 
 
 def prepare_data(
@@ -285,13 +317,26 @@ def prepare_data(
             "no dataset: fidelity is measured on random synthetic inputs, which says little "
             "about accuracy on real data"
         )
-    cal, cal_labels, ev, ev_labels = split(
-        feeds,
-        labels,
+    cal_idx, eval_idx, train_idx = split_indices(
+        _n_samples(feeds),
         calibration_samples=calibration_samples,
         evaluation_samples=evaluation_samples,
     )
-    return Data(cal, ev, cal_labels, ev_labels, synthetic=synthetic, sha256=digest, notes=notes)
+
+    def labels_at(idx: np.ndarray) -> np.ndarray | None:
+        return None if labels is None else labels[idx]
+
+    return Data(
+        _take(feeds, cal_idx),
+        _take(feeds, eval_idx),
+        labels_at(cal_idx),
+        labels_at(eval_idx),
+        synthetic=synthetic,
+        sha256=digest,
+        notes=notes,
+        training=_take(feeds, train_idx),
+        training_labels=labels_at(train_idx),
+    )
 
 
 def feeds_digest(feeds: Feeds) -> str:

@@ -1,7 +1,8 @@
 """``compress``: inspect, prepare data, pre-process, run recipes, verify, write artifacts.
 
 Artifacts: every recipe writes inside a private work directory under ``out_dir``
-(``.work-*``, removed at the end, even after a crash or a cancellation). An accepted variant
+(``.work-<host>-<pid>-*``, removed at the end, even after an exception or a cancellation; after
+a SIGKILL, the next run on the same host removes it once that pid is gone). An accepted variant
 is then moved with ``os.replace`` to ``out_dir/<sha256>.onnx`` (same filesystem, so the move is
 atomic: readers never see a half-written artifact). A rejected variant whose fidelity was
 within tolerance (rejected for speed or size on this host) is kept as
@@ -14,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 import traceback
@@ -22,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import onnx
 
 from compression.engine.auto import candidates
 from compression.engine.base import (
@@ -33,10 +38,12 @@ from compression.engine.base import (
 )
 from compression.engine.data import prepare_data
 from compression.engine.host import lineage
-from compression.engine.inspect import inspect_model, runtime_session
+from compression.engine.inspect import inspect_model, iter_graphs, runtime_session
 from compression.engine.preprocess import preprocess
 from compression.engine.recipes import (
     AUTO,
+    DISTILL,
+    REGISTRY,
     explain,
     parse_chain,
     resolve,
@@ -68,6 +75,10 @@ class EngineOptions:
     top1_min: float = 0.99
     accuracy_drop_max: float | None = None
     latency_slack: float = 0.05
+    distill_top1_min: float = 0.97
+    """Distilled variants: minimum top-1 agreement (replaces cosine for class scores)."""
+    distill_relative_error_max: float = 0.1
+    """Distilled variants: maximum relative L2 error on outputs that are not class scores."""
     calibration_samples: int = 128
     evaluation_samples: int = 500
     synthetic_samples: int = 64
@@ -75,6 +86,9 @@ class EngineOptions:
     seed: int = 0
     auto_recipes: list[str] | None = None
     """Restrict ``auto`` to these grid entries (recipe or chain names)."""
+    include_distill: bool = False
+    """Let ``auto`` also try ``distill`` and ``distill+int8-dynamic`` (slow: it trains a
+    student). Never on by default; naming a distill entry in ``auto_recipes`` also asks."""
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> EngineOptions:
@@ -86,15 +100,30 @@ class EngineOptions:
         if unknown:
             raise EngineError(f"unknown engine option(s) {unknown}; known: {sorted(known)}")
         opts = cls(**options)
-        if not 0.0 <= opts.cosine_min <= 1.0 or not 0.0 <= opts.top1_min <= 1.0:
-            raise EngineError("tolerances cosine_min and top1_min must be between 0 and 1")
+        if not all(
+            0.0 <= value <= 1.0 for value in (opts.cosine_min, opts.top1_min, opts.distill_top1_min)
+        ):
+            raise EngineError(
+                "tolerances cosine_min, top1_min and distill_top1_min must be between 0 and 1"
+            )
+        if opts.accuracy_drop_max is not None and not 0.0 <= opts.accuracy_drop_max <= 1.0:
+            raise EngineError("tolerance accuracy_drop_max must be between 0 and 1")
+        if opts.distill_relative_error_max < 0:
+            raise EngineError("tolerance distill_relative_error_max must not be negative")
         if opts.threads < 1:
             raise EngineError("threads must be at least 1")
         return opts
 
     @property
     def tolerance(self) -> Tolerance:
-        return Tolerance(self.cosine_min, self.top1_min, self.accuracy_drop_max, self.latency_slack)
+        return Tolerance(
+            self.cosine_min,
+            self.top1_min,
+            self.accuracy_drop_max,
+            self.latency_slack,
+            self.distill_top1_min,
+            self.distill_relative_error_max,
+        )
 
     @property
     def latency(self) -> LatencySettings:
@@ -123,6 +152,24 @@ def _cause(recipe: str) -> str:
     if "distill" in recipe:
         return "distillation"
     return "quantization"
+
+
+def _without_value_info(path: Path, dst: Path) -> Path:
+    """``path`` itself when it holds no intermediate shape annotations (``value_info``), else a
+    copy without them at ``dst``.
+
+    Pre-processing annotates every intermediate tensor with its inferred shape, which the
+    quantizers rely on. A recipe that changes tensor shapes (``prune-structured`` removes
+    channels) would contradict those annotations, and onnxruntime refuses a graph whose
+    annotations disagree with its weights ("Dimension mismatch in unification between 192 and
+    256"). Such recipes get the graph without them and re-infer shapes on their result."""
+    model = onnx.load(str(path))
+    if not any(len(g.value_info) for g in iter_graphs(model.graph)):
+        return path
+    for graph in iter_graphs(model.graph):
+        del graph.value_info[:]
+    onnx.save(model, str(dst))
+    return dst
 
 
 class _LogStream(io.TextIOBase):
@@ -181,15 +228,21 @@ class _Run:
                 apply = resolve(step)
                 step_dir = self.work / f"v{index}-{n}"
                 step_dir.mkdir()
+                if not REGISTRY[step].keeps_shapes:
+                    current = _without_value_info(current, step_dir / "input.onnx")
+                trains = step == DISTILL
                 part = (lo + (hi - lo) * 0.7 * n / len(steps), (hi - lo) * 0.7 / len(steps))
                 ctx = RecipeContext(
                     model_path=current,
                     out_path=step_dir / f"{step}.onnx",
                     params=step_p,
-                    calibration=self.data.calibration,
-                    calibration_labels=self.data.calibration_labels,
+                    calibration=self.data.training if trains else self.data.calibration,
+                    calibration_labels=(
+                        self.data.training_labels if trains else self.data.calibration_labels
+                    ),
                     evaluation=self.data.evaluation,
                     evaluation_labels=self.data.evaluation_labels,
+                    synthetic=self.data.synthetic,
                     work_dir=step_dir / "scratch",
                     log=self.log,
                     progress=lambda f, p=part, s=step: self.progress(
@@ -229,6 +282,7 @@ class _Run:
                 tolerance=self.opts.tolerance,
                 latency=self.opts.latency,
                 cause=_cause(recipe),
+                distilled=DISTILL in steps,
             )
             for name in (
                 "status",
@@ -312,7 +366,7 @@ def compress(
     if recipe == AUTO:
         if params:
             raise EngineError("auto chooses its own parameters; do not pass params with auto")
-        plan, skipped = candidates(opts.auto_recipes)
+        plan, skipped = candidates(opts.auto_recipes, include_distill=opts.include_distill)
         notes += skipped
         if not plan:
             raise EngineError(
@@ -339,7 +393,8 @@ def compress(
         seed=opts.seed,
     )
     notes += data.notes
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out_dir))
+    notes += _sweep_stale_work(out_dir)
+    work = Path(tempfile.mkdtemp(prefix=_work_prefix(), dir=out_dir))
     try:
         report_progress(0.05, "pre-processing")
         pre = preprocess(model_path, work / "source.onnx", work_dir=work)
@@ -393,6 +448,7 @@ def compress(
             "synthetic": data.synthetic,
             "calibration_samples": data.n_calibration,
             "evaluation_samples": data.n_evaluation,
+            "training_samples": data.n_training,
             "labels": data.evaluation_labels is not None,
         },
         tolerance=opts.tolerance.to_dict(),
@@ -408,6 +464,41 @@ def compress(
         notes=notes,
         elapsed_s=round(time.monotonic() - started, 3),
     )
+
+
+def _work_prefix(pid: int | None = None) -> str:
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+    return f".work-{host}-{os.getpid() if pid is None else pid}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_stale_work(out_dir: Path) -> list[str]:
+    """Remove work directories left by runs on this host whose process is gone (killed with
+    SIGKILL or by the OOM killer, so their ``finally`` never ran). Directories of other hosts
+    (a shared volume) and of live processes are left alone."""
+    host_prefix = _work_prefix().rsplit("-", 2)[0] + "-"
+    removed = 0
+    for entry in out_dir.glob(".work-*"):
+        rest = entry.name[len(host_prefix) :] if entry.name.startswith(host_prefix) else ""
+        pid = rest.split("-", 1)[0]
+        if (
+            entry.is_dir()
+            and pid.isdigit()
+            and int(pid) != os.getpid()
+            and not _pid_alive(int(pid))
+        ):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return [f"removed {removed} work folder(s) left by killed runs"] if removed else []
 
 
 def _monotonic(progress: Callable[[float, str], None] | None) -> Callable[[float, str], None]:

@@ -6,6 +6,12 @@ A variant is ``accepted`` only when all of these hold:
 - on every output, the minimum per-sample cosine similarity is at least ``cosine_min``, and
   top-1 agreement is at least ``top1_min`` where an output looks like class scores;
 - if ``accuracy_drop_max`` is set and labels exist, accuracy drops by no more than that;
+- for a *distilled* variant (the recipe chain includes ``distill``) the rule for class scores is
+  different, because a student trained with a KL loss matches the teacher's decisions, not its
+  raw logits (the KL loss ignores a per-sample shift, so logit cosine says nothing): top-1
+  agreement at least ``distill_top1_min`` and, when labels exist, an accuracy drop of at most
+  ``accuracy_drop_max`` (0.02 when unset); other outputs need a mean cosine of at least
+  ``cosine_min`` and a relative L2 error of at most ``distill_relative_error_max``;
 - it is smaller than the original (raw file or gzip);
 - it is not slower: the median of paired latency ratios (variant / original over interleaved
   runs) is at most ``1 + latency_slack``. The slack (default 5%) absorbs timer noise only.
@@ -82,10 +88,49 @@ class Tolerance:
     cosine_min: float = 0.99
     top1_min: float = 0.99
     accuracy_drop_max: float | None = None
+    """Largest allowed accuracy drop vs the original when labels exist. Unset: not checked,
+    except for distilled variants, which use ``DISTILL_ACCURACY_DROP_MAX``."""
     latency_slack: float = 0.05
+    distill_top1_min: float = 0.97
+    """Top-1 agreement a distilled variant needs on class-score outputs (replaces cosine)."""
+    distill_relative_error_max: float = 0.1
+    """Relative L2 error a distilled variant may have on outputs that are not class scores."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @property
+    def distill_accuracy_drop_max(self) -> float:
+        if self.accuracy_drop_max is None:
+            return DISTILL_ACCURACY_DROP_MAX
+        return self.accuracy_drop_max
+
+
+DISTILL_ACCURACY_DROP_MAX = 0.02
+RULE_OUTPUTS = "outputs"
+"""Default rule: every output close to the original's (cosine, plus top-1 for class scores)."""
+RULE_DECISIONS = "decisions"
+"""Distilled variants: class scores judged by top-1 agreement and accuracy, not by cosine."""
+
+
+def rule_for(distilled: bool, fid: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(rule name, the sentence the report shows) for a variant."""
+    if not distilled:
+        return RULE_OUTPUTS, (
+            "judged by cosine similarity on every output (and top-1 agreement on class scores)"
+        )
+    entries = list((fid or {}).get("outputs", {}).values())
+    has_class = not entries or any("top1_agreement" in e for e in entries)
+    has_other = any("top1_agreement" not in e for e in entries)
+    if has_class:
+        text = "judged by top-1 agreement and accuracy because distillation changes logits"
+        if fid is not None and fid.get("accuracy") is None:
+            text = "judged by top-1 agreement (no labels, so no accuracy) because distillation changes logits"
+        if has_other:
+            text += "; other outputs by mean cosine and relative error"
+    else:
+        text = "judged by mean cosine and relative error because distillation changes outputs"
+    return RULE_DECISIONS, text
 
 
 @dataclass
@@ -256,11 +301,20 @@ def fidelity(
     }
 
 
-def judge(fid: dict[str, Any], tolerance: Tolerance, cause: str = "compression") -> str | None:
-    """The reason a fidelity result is out of tolerance, or None when it is within."""
+def judge(
+    fid: dict[str, Any],
+    tolerance: Tolerance,
+    cause: str = "compression",
+    *,
+    distilled: bool = False,
+) -> str | None:
+    """The reason a fidelity result is out of tolerance, or None when it is within.
+    ``distilled`` selects the rule for distilled variants (see the module docstring)."""
     for name, entry in fid["outputs"].items():
         if not entry["finite"]:
             return f"output '{name}' contains NaN or infinity: outputs destroyed by {cause}"
+    if distilled:
+        return _judge_distilled(fid, tolerance, cause)
     worst_name, worst = min(fid["outputs"].items(), key=lambda kv: kv[1]["cosine_min"])
     if worst["cosine_min"] < tolerance.cosine_min:
         what = "outputs destroyed" if worst["cosine_min"] < 0.5 else "outputs drift too far"
@@ -283,6 +337,40 @@ def judge(fid: dict[str, Any], tolerance: Tolerance, cause: str = "compression")
         return (
             f"accuracy drops from {fid['accuracy_original']:.3f} to {fid['accuracy']:.3f}, "
             f"more than the allowed {tolerance.accuracy_drop_max:g}"
+        )
+    return None
+
+
+def _judge_distilled(fid: dict[str, Any], tolerance: Tolerance, cause: str) -> str | None:
+    """Distilled variants: decisions for class scores, closeness in bulk for the rest."""
+    why = "distilled variants are judged by top-1 agreement and accuracy, not logit cosine"
+    for name, entry in fid["outputs"].items():
+        top1 = entry.get("top1_agreement")
+        if top1 is not None:
+            if top1 < tolerance.distill_top1_min:
+                return (
+                    f"top-1 agreement {top1:.3f} on output '{name}' < "
+                    f"{tolerance.distill_top1_min:g}: {cause} changes "
+                    f"{100 * (1 - top1):.1f}% of predictions ({why})"
+                )
+            continue
+        cos_mean = entry.get("cosine_mean", entry["cosine_min"])
+        rel = entry["relative_l2_error"]
+        if cos_mean < tolerance.cosine_min or rel > tolerance.distill_relative_error_max:
+            return (
+                f"output '{name}' (not class scores): mean cosine {cos_mean:.3g} "
+                f"(needs >= {tolerance.cosine_min:g}) and relative L2 error {rel:.3g} (needs <= "
+                f"{tolerance.distill_relative_error_max:g}): outputs drift too far by {cause}"
+            )
+    drop_max = tolerance.distill_accuracy_drop_max
+    if (
+        fid.get("accuracy") is not None
+        and fid.get("accuracy_original") is not None
+        and fid["accuracy_original"] - fid["accuracy"] > drop_max
+    ):
+        return (
+            f"accuracy drops from {fid['accuracy_original']:.3f} to {fid['accuracy']:.3f}, "
+            f"more than the allowed {drop_max:g} ({why})"
         )
     return None
 
@@ -335,9 +423,12 @@ def verify_variant(
     tolerance: Tolerance | None = None,
     latency: LatencySettings | None = None,
     cause: str = "compression",
+    distilled: bool = False,
 ) -> Verification:
     """Check, run, compare and time ``variant`` against ``original``; never raises for a bad
-    variant (that is a ``failed`` or ``rejected`` result), only for a broken original."""
+    variant (that is a ``failed`` or ``rejected`` result), only for a broken original.
+    ``distilled`` applies the rule for distilled variants (top-1 agreement and accuracy instead
+    of logit cosine); the rule used is recorded in ``fidelity['rule']`` and ``rule_text``."""
     tolerance = tolerance or Tolerance()
     latency = latency or LatencySettings()
     variant = Path(variant)
@@ -366,7 +457,11 @@ def verify_variant(
         result.reason = str(exc)
         return result
 
-    problem = judge(result.fidelity, tolerance, cause)
+    rule, rule_text = rule_for(distilled, result.fidelity)
+    result.fidelity["rule"], result.fidelity["rule_text"] = rule, rule_text
+    if distilled:
+        result.notes.append(f"fidelity {rule_text}")
+    problem = judge(result.fidelity, tolerance, cause, distilled=distilled)
     result.within_tolerance = problem is None
     if (
         problem is None
@@ -398,7 +493,8 @@ def verify_variant(
             f"{result.baseline_latency_ms['p50']:.3f} ms (median paired ratio {ratio:.2f})"
         )
     result.status = REJECTED if problem else ACCEPTED
-    result.reason = problem or "within tolerance, smaller and not slower than the original"
+    within = f"within tolerance ({rule_text})" if distilled else "within tolerance"
+    result.reason = problem or f"{within}, smaller and not slower than the original"
     return result
 
 

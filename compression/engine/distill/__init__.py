@@ -7,8 +7,9 @@ an ONNX graph with the teacher's exact input/output signature: the trainer (PyTo
 updates its float initializers, and the variant is that same graph with the trained values, a
 plain float model that ``int8-dynamic``/``int8-static`` can chain onto.
 
-Soft targets are the teacher's outputs on the job's calibration split, computed with
-onnxruntime; the held-out split drives early stopping. See ``training`` for the loss.
+Soft targets are the teacher's outputs on the job's training split (every sample outside the
+held-out evaluation split, passed as ``ctx.calibration``), computed with onnxruntime; the
+held-out split drives early stopping. Synthetic inputs (no dataset) are refused. See ``training`` for the loss.
 
 PyTorch is an optional extra (``pip install 'edgefleet[distill]'``). Importing this package does
 not import torch: only ``apply`` does, and it raises ``MissingDependency`` when torch is absent.
@@ -261,6 +262,13 @@ def _check_interpreter(
 def apply(ctx: RecipeContext) -> RecipeOutcome:
     """Distill ``ctx.model_path`` into a smaller student written to ``ctx.out_path``."""
     params = validate_params(dict(ctx.params))
+    if ctx.synthetic:
+        raise RecipeNotApplicable(
+            f"{NAME} needs a real dataset: without one the engine only has random inputs "
+            "synthesized from the input shapes, and a student trained on noise learns nothing "
+            "about the data the model will see. Attach a dataset to the job (an .npz with one "
+            "array per input, optionally labels)"
+        )
     torch = _require_torch()
     from compression.engine.distill import training
     from compression.engine.distill.torch_graph import OnnxModule, to_tensor, unsupported_ops
@@ -296,7 +304,7 @@ def apply(ctx: RecipeContext) -> RecipeOutcome:
         )
     if len(next(iter(train_x.values()))) < 2:
         raise RecipeNotApplicable(f"{NAME} needs at least a few training samples, got {rows}")
-    ctx.log(f"{NAME}: computing the teacher's soft targets on {rows} calibration rows")
+    ctx.log(f"{NAME}: computing the teacher's soft targets on {rows} training rows")
     teacher_session = _session(Path(ctx.model_path), threads)
     t_train = _run_model(teacher_session, train_x)
     t_held = _run_model(teacher_session, held_x)

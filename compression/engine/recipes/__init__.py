@@ -29,7 +29,11 @@ class RecipeSpec:
     summary: str
     """One line, shown on the dashboard next to the recipe's name."""
     auto: bool = True
-    """Whether ``auto`` tries this recipe."""
+    """Whether ``auto`` tries this recipe without being asked (``distill`` only on request)."""
+    keeps_shapes: bool = True
+    """False for recipes that change intermediate tensor shapes: the engine hands them the
+    model without the pre-processing's shape annotations (``value_info``), which they would
+    otherwise contradict."""
 
     @property
     def module(self) -> str:
@@ -72,6 +76,7 @@ _SPECS = [
         "compression.engine.recipes.prune_structured:apply",
         "Remove whole channels or neurons with the least weight: a genuinely smaller and faster "
         "dense model, at some accuracy cost.",
+        keeps_shapes=False,
     ),
     RecipeSpec(
         "distill",
@@ -83,6 +88,7 @@ _SPECS = [
 ]
 REGISTRY: dict[str, RecipeSpec] = {spec.name: spec for spec in _SPECS}
 AUTO = "auto"
+DISTILL = "distill"
 
 
 def parse_chain(recipe: str) -> list[str]:
