@@ -93,6 +93,9 @@ class CompressionJob(models.Model):
     params = models.JSONField(default=dict, blank=True)
     constraints = models.JSONField(default=dict, blank=True, help_text="min cosine, top-1, max size/latency")
     input_shapes = models.JSONField(default=dict, blank=True, help_text="dims for symbolic inputs")
+    options = models.JSONField(
+        default=dict, blank=True, help_text="engine settings: threads, latency_runs, sample counts…"
+    )
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
     progress = models.FloatField(default=0.0, help_text="0 to 100")
     step = models.CharField(max_length=200, blank=True)
@@ -124,6 +127,17 @@ class VariantStatus(models.TextChoices):
     FAILED = "failed"
 
 
+class VariantQuerySet(models.QuerySet):
+    def deployable(self) -> VariantQuerySet:
+        """Accepted variants with a stored, signed artifact: the only ones deployments may use."""
+        return (
+            self.filter(status=VariantStatus.ACCEPTED)
+            .exclude(sha256="")
+            .exclude(signature="")
+            .exclude(file="")
+        )
+
+
 class Variant(models.Model):
     """A verified (or refused) compressed file of a model version. Only ``accepted`` variants
     with a signed artifact are deployable; the rest stay visible with their reason."""
@@ -150,8 +164,18 @@ class Variant(models.Model):
     lineage = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = VariantQuerySet.as_manager()
+
     class Meta:
         ordering = ["size_bytes"]
+        constraints = [
+            # The uploaded file itself is one variant per version, however often it is verified.
+            models.UniqueConstraint(
+                fields=["source"],
+                condition=models.Q(recipe="original"),
+                name="compression_one_original_per_version",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.source} · {self.recipe} ({self.status})"
