@@ -1,0 +1,99 @@
+"""The database side of placement: a device's resources, a version's candidate variants and the
+latencies measured per device class, fed to the pure functions of ``fleet.placement``."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+
+from django.apps import apps
+from django.conf import settings
+
+from .placement import Candidate, Choice, DeviceResources, choose_auto, choose_pinned
+
+DEFAULT_DISK_RESERVE_BYTES = 64 * 1024**2
+
+
+def disk_reserve_bytes() -> int:
+    """Disk kept free on devices beyond the artifact (``EDGEFLEET_DEPLOY_DISK_RESERVE_BYTES``)."""
+    return int(getattr(settings, "EDGEFLEET", {}).get("DEPLOY_DISK_RESERVE_BYTES", DEFAULT_DISK_RESERVE_BYTES))
+
+
+def latest_sample(device):
+    """The device's latest telemetry sample, or None (also when telemetry is not installed)."""
+    try:
+        sample_model = apps.get_model("fleet", "TelemetrySample")
+    except LookupError:
+        return None
+    return (sample_model.objects.filter(device_id=device.pk).order_by("-ts")
+            .only("disk_used_bytes", "disk_total_bytes", "mem_used_bytes", "mem_total_bytes").first())
+
+
+def device_resources(device, sample=None) -> DeviceResources:
+    """Free disk and available memory from the latest telemetry when there is some, else the
+    inventory's totals; execution providers from the inventory."""
+    sample = sample if sample is not None else latest_sample(device)
+    free_disk, disk_source = device.disk_total_bytes, "inventory total" if device.disk_total_bytes else "unknown"
+    memory, memory_source = device.memory_total_bytes, "inventory total" if device.memory_total_bytes else "unknown"
+    if sample is not None:
+        if sample.disk_total_bytes and sample.disk_used_bytes is not None:
+            free_disk, disk_source = sample.disk_total_bytes - sample.disk_used_bytes, "telemetry"
+        if sample.mem_total_bytes and sample.mem_used_bytes is not None:
+            memory, memory_source = sample.mem_total_bytes - sample.mem_used_bytes, "telemetry"
+    eps = device.execution_providers if isinstance(device.execution_providers, list) else []
+    return DeviceResources(
+        device_id=str(device.pk), cpu_model=device.cpu_model or "", arch=device.arch or "",
+        free_disk_bytes=free_disk, available_memory_bytes=memory,
+        execution_providers=tuple(str(e) for e in eps), disk_source=disk_source, memory_source=memory_source,
+    )
+
+
+def deployable_variants(version):
+    from compression.models import VariantStatus
+
+    return (version.variants.filter(status=VariantStatus.ACCEPTED).exclude(sha256="")
+            .exclude(signature="").exclude(file=""))
+
+
+def candidate_of(variant) -> Candidate:
+    p50 = (variant.latency_ms or {}).get("p50")
+    return Candidate(
+        variant_id=str(variant.pk), recipe=variant.recipe, size_bytes=variant.size_bytes or 0,
+        peak_memory_bytes=variant.peak_memory_bytes,
+        execution_providers=tuple(variant.execution_providers or ()),
+        worker_p50_ms=float(p50) if isinstance(p50, int | float) else None,
+    )
+
+
+def class_latencies(variant_ids, cpu_model: str, arch: str) -> dict[str, float]:
+    """Median on-device p50 per variant over devices of one class."""
+    from .models import VariantBenchmark
+
+    values = defaultdict(list)
+    rows = VariantBenchmark.objects.filter(variant_id__in=list(variant_ids), cpu_model=cpu_model, arch=arch)
+    for variant_id, p50 in rows.values_list("variant_id", "p50_ms"):
+        values[str(variant_id)].append(p50)
+    return {k: statistics.median(v) for k, v in values.items()}
+
+
+class Placer:
+    """Chooses variants of one version for many devices, loading the candidates once and the
+    class latencies once per device class."""
+
+    def __init__(self, version, policy: str, pinned_variant=None):
+        self.version, self.policy, self.pinned = version, policy, pinned_variant
+        self.reserve = disk_reserve_bytes()
+        self.candidates = [candidate_of(v) for v in deployable_variants(version)] if version else []
+        self._latency_cache: dict[tuple[str, str], dict[str, float]] = {}
+
+    def choose(self, device) -> Choice:
+        resources = device_resources(device)
+        if self.policy == "pinned":
+            if self.pinned is None or not self.pinned.deployable:
+                return Choice(None, "the pinned variant is not deployable (verified and signed)",
+                              {"policy": "pinned"})
+            return choose_pinned(resources, candidate_of(self.pinned), disk_reserve_bytes=self.reserve)
+        key = resources.device_class
+        if key not in self._latency_cache:
+            self._latency_cache[key] = class_latencies([c.variant_id for c in self.candidates], *key)
+        return choose_auto(resources, self.candidates, self._latency_cache[key], disk_reserve_bytes=self.reserve)
