@@ -7,6 +7,7 @@ without SECRET_KEY and ALLOWED_HOSTS.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -93,7 +94,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;",
         "transaction_mode": "IMMEDIATE",
     }
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-edgefleet.sqlite3")}
+    # A file (not :memory:) so worker and live-server processes share it; one per test run so
+    # concurrent runs in one checkout do not trample each other.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-edgefleet-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DB_VENDOR = "sqlite" if "sqlite" in DATABASES["default"]["ENGINE"] else "postgresql"
@@ -101,8 +104,21 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache and Celery -------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
+
+
+def _redis_db_plus_one(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    db = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{db + 1}"))
+
+
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # The cache gets its own Redis database (the broker's + 1 unless CACHE_URL says otherwise):
+    # clearing the cache must never flush Celery's queues.
+    CACHE_URL = env_str("CACHE_URL", _redis_db_plus_one(REDIS_URL))
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3 * 3600}
@@ -141,6 +157,23 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Other apps add their periodic tasks here (presence, rollups, retention, rollouts).
 CELERY_BEAT_SCHEDULE: dict = {}
+# Telemetry (fleet.telemetry): each task takes no arguments and uses the current time.
+CELERY_BEAT_SCHEDULE.update({
+    "telemetry-presence": {"task": "fleet.telemetry.presence", "schedule": 10.0},
+    "telemetry-alerts": {"task": "fleet.telemetry.alerts", "schedule": 30.0},
+    "telemetry-rollups": {"task": "fleet.telemetry.rollups", "schedule": 60.0},
+    "telemetry-retention": {"task": "fleet.telemetry.retention", "schedule": 3600.0},
+})
+# Deployments (fleet.deploy_tasks, docs/deployments.md): rollouts advance every 15 s.
+CELERY_IMPORTS = (*globals().get("CELERY_IMPORTS", ()), "fleet.deploy_tasks")
+CELERY_BEAT_SCHEDULE.update({
+    "deployments-advance": {"task": "fleet.deployments.advance", "schedule": 15.0},
+    "deployments-reevaluate": {"task": "fleet.deployments.reevaluate", "schedule": 300.0},
+})
+# Compression: remove temporary files left by crashed uploads or workers.
+CELERY_BEAT_SCHEDULE["compression-sweep-temporary"] = {
+    "task": "compression.tasks.sweep_temporary_files", "schedule": 3600.0,
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --- Auth -------------------------------------------------------------------------------------
@@ -210,6 +243,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "DeviceStatusEnum": "fleet.models.devices.DeviceStatus",
         "UserRoleEnum": ["viewer", "operator", "admin"],
+        "CompressionJobStatusEnum": "compression.models.JobStatus",
+        "VariantStatusEnum": "compression.models.VariantStatus",
     },
 }
 
@@ -217,6 +252,25 @@ SPECTACULAR_SETTINGS = {
 EDGEFLEET = {
     "TELEMETRY_INTERVAL_S": env_int("EDGEFLEET_TELEMETRY_INTERVAL_S", 10),
     "ENROLLMENT_TOKEN_TTL_HOURS": env_int("EDGEFLEET_ENROLLMENT_TOKEN_TTL_HOURS", 24 * 7),
+}
+# Telemetry ingest, retention, rollups and presence (docs/telemetry.md).
+EDGEFLEET_TELEMETRY = {
+    "MAX_BATCH": env_int("EDGEFLEET_TELEMETRY_MAX_BATCH", 1000),
+    "MAX_FUTURE_S": env_int("EDGEFLEET_TELEMETRY_MAX_FUTURE_S", 300),
+    # off: a report is acknowledged before PostgreSQL flushes it to disk (a server crash may lose
+    # the last fraction of a second of acknowledged samples; see docs/telemetry.md).
+    "SYNCHRONOUS_COMMIT": env_bool("EDGEFLEET_TELEMETRY_SYNCHRONOUS_COMMIT", True),
+    "RAW_RETENTION_DAYS": env_int("EDGEFLEET_RAW_RETENTION_DAYS", 7),
+    "ROLLUP_1M_RETENTION_DAYS": env_int("EDGEFLEET_ROLLUP_1M_RETENTION_DAYS", 30),
+    "ROLLUP_1H_RETENTION_DAYS": env_int("EDGEFLEET_ROLLUP_1H_RETENTION_DAYS", 400),
+    "ROLLUP_LOOKBACK_S": env_int("EDGEFLEET_ROLLUP_LOOKBACK_S", 600),
+    "ROLLUP_LATE_AFTER_S": env_int("EDGEFLEET_ROLLUP_LATE_AFTER_S", 300),
+    "PRESENCE_GRACE_S": env_int("EDGEFLEET_PRESENCE_GRACE_S", 30),
+    "PARTITION_DAYS_AHEAD": env_int("EDGEFLEET_PARTITION_DAYS_AHEAD", 7),
+    "DELETE_BATCH": env_int("EDGEFLEET_RETENTION_DELETE_BATCH", 5000),
+    "SEQ_CACHE_TTL_S": 7 * 86400,
+    "WEBHOOK_TIMEOUT_S": env_int("EDGEFLEET_WEBHOOK_TIMEOUT_S", 5),
+    "WEBHOOK_MAX_RETRIES": env_int("EDGEFLEET_WEBHOOK_MAX_RETRIES", 5),
 }
 
 # --- Security ---------------------------------------------------------------------------------

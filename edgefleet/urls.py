@@ -17,5 +17,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/v1/", include("fleet.api.urls")),
+    path("api/v1/", include("compression.api.urls")),
     path("", include(("fleet.urls", "dashboard"), namespace="dashboard")),
 ]

@@ -11,3 +11,7 @@ from celery import shared_task
 def ping(value: str) -> dict:
     """A round trip through the broker: proves a worker is consuming (used by health checks)."""
     return {"pong": value, "worker": socket.gethostname()}
+
+
+# Telemetry's beat tasks live with their services; importing them here registers them.
+from fleet.telemetry import tasks as telemetry_tasks  # noqa: E402, F401

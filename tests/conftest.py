@@ -7,10 +7,10 @@ import os
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
 from fleet import services
+from fleet.roles import role_group
 
 
 def pytest_report_header(config):
@@ -51,7 +51,7 @@ def make_user(db):
     def make(username: str, role: str | None) -> object:
         user = get_user_model().objects.create_user(username, password="correct horse battery staple")
         if role:
-            user.groups.add(Group.objects.get(name=role))
+            user.groups.add(role_group(role))
         return user
 
     return make

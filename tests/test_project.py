@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _manage(*args, env_extra=None) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
+    # Browser tests allow async-unsafe calls in-process; a child checking deploy settings must not inherit it.
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 

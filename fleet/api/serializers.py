@@ -5,7 +5,7 @@ from django.contrib.auth.models import Group
 from rest_framework import serializers
 
 from fleet.models import ApiToken, AuditEvent, Device, EnrollmentToken
-from fleet.roles import ROLES, role_of
+from fleet.roles import ROLES, role_group, role_of
 
 from .fields import LabelsField
 
@@ -112,7 +112,7 @@ class UserSerializer(serializers.ModelSerializer):
         if role is not None or "role" in self.initial_data:
             user.groups.remove(*Group.objects.filter(name__in=ROLES))
             if role:
-                user.groups.add(Group.objects.get(name=role))
+                user.groups.add(role_group(role))
             user._edgefleet_role = "unset"
 
     def create(self, validated):

@@ -1,10 +1,9 @@
 import secrets
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 
-from fleet.roles import ADMIN
+from fleet.roles import ADMIN, role_group
 
 
 class Command(BaseCommand):
@@ -34,7 +33,7 @@ class Command(BaseCommand):
             user.set_password(password)
             user.is_superuser = user.is_staff = user.is_active = True
             user.save()
-        user.groups.add(Group.objects.get(name=ADMIN))
+        user.groups.add(role_group(ADMIN))
         if opts["password_file"]:
             import os
 
