@@ -214,6 +214,9 @@ def anchor(model_path: Path, report: dict, work: Path, options: dict) -> dict:
         size_ratio=round(model_path.stat().st_size / result.size_bytes, 3)
         if result.size_bytes
         else None,
+        gzip_ratio=round(gzip_size(model_path) / result.gzip_bytes, 3)
+        if result.gzip_bytes
+        else None,
         latency_ratio=result.latency_ratio,
         fidelity=result.fidelity,
         elapsed_s=round(time.monotonic() - started, 2),
@@ -239,28 +242,9 @@ def _evaluation_feeds(model_path: Path, dataset: Path | None, input_shapes: dict
     return data.evaluation
 
 
-def _normalized(path: Path, work: Path) -> tuple[Path, str | None]:
-    """Some exporters (Paddle) write -1 for a dynamic input dim, which ONNX does not define;
-    rewrite such dims as symbolic ones in a copy so the engine reads them as dynamic."""
-    import onnx
-
-    model = onnx.load(str(path))
-    fixed = 0
-    for value in model.graph.input:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.HasField("dim_value") and dim.dim_value < 0:
-                dim.dim_param = f"dyn{fixed}"
-                fixed += 1
-    if not fixed:
-        return path, None
-    copy = work / f"normalized-{path.name}"
-    onnx.save(model, str(copy))
-    return copy, f"{fixed} input dim(s) given as -1 rewritten as symbolic (metadata only)"
-
-
 def bench_model(model: BenchModel, path: Path, work: Path) -> dict:
-    original_path = path
-    path, normalization = _normalized(path, work)
+    # Paddle's -1 input dims are read as dynamic by the engine itself (inspect/preprocess), so
+    # the file is benchmarked exactly as the package ships it.
     dataset = None
     if model.dataset:
         dataset = work / f"{model.key}.npz"
@@ -298,18 +282,26 @@ def bench_model(model: BenchModel, path: Path, work: Path) -> dict:
         "package": f"{model.package}=={model.version}",
         "file": model.path,
         "kind": model.kind,
-        "size_bytes": original_path.stat().st_size,
-        "normalization": normalization,
+        "size_bytes": path.stat().st_size,
         "baseline_p50_ms": auto["baseline"]["latency_ms"]["p50"],
         "synthetic_inputs": auto["synthetic"],
         "rows": rows,
         "auto": (
-            f"{auto['variants'][recommended]['recipe']} {auto['variants'][recommended]['params']}"
+            _recommended_text(auto["variants"][recommended])
             if recommended is not None
             else f"none — {auto['reason'][:300]}"
         ),
+        "auto_reason": auto["reason"],
         "elapsed_s": round(time.monotonic() - started, 1),
     }
+
+
+def _recommended_text(row: dict) -> str:
+    return (
+        f"{row['recipe']} `{_short_params(row)}` (size x{_fmt(row.get('size_ratio'), '.2f')}, "
+        f"latency x{_fmt(row.get('latency_ratio'), '.2f')}, "
+        f"cosine min {_fmt((row.get('fidelity') or {}).get('cosine_min'), '.4f')})"
+    )
 
 
 def _fmt(value, spec: str) -> str:
@@ -347,7 +339,8 @@ def markdown(results: list[dict], command: str, seconds: float) -> str:
         "# Compression benchmark",
         "",
         f"Command: `{command}` — {seconds / 60:.1f} min on this host, 1 inference thread.",
-        "size x = original / variant bytes (higher is smaller); latency = variant / original "
+        "size x = original / variant bytes (higher is smaller), gzip x the same for "
+        "gzip-compressed files; latency = variant / original "
         "p50, median of interleaved paired runs (lower is faster); cosine = worst held-out "
         "sample; top-1 = argmax agreement with the original where the output is a score vector.",
         "",
@@ -363,15 +356,16 @@ def markdown(results: list[dict], command: str, seconds: float) -> str:
             "",
             f"**auto recommends:** {result['auto']}",
             "",
-            "| recipe | params | status | size x | latency | cosine min | top-1 | reason |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| recipe | params | status | size x | gzip x | latency | cosine min | top-1 | reason |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in result["rows"]:
             fid = row.get("fidelity") or {}
             params = _short_params(row)
             lines.append(
                 f"| {row['recipe']} | `{params}` | {row['status']} "
-                f"| {_fmt(row.get('size_ratio'), '.2f')} | {_fmt(row.get('latency_ratio'), '.2f')} "
+                f"| {_fmt(row.get('size_ratio'), '.2f')} | {_fmt(row.get('gzip_ratio'), '.2f')} "
+                f"| {_fmt(row.get('latency_ratio'), '.2f')} "
                 f"| {_fmt(fid.get('cosine_min'), '.4f')} | {_fmt(fid.get('top1_agreement'), '.3f')} "
                 f"| {_reason(row)} |"
             )

@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-latency-ms", type=float, help="recommend only variants this fast (p50)"
     )
     parser.add_argument(
+        "--size-metric",
+        choices=["raw", "gzip"],
+        help="what 'smaller' means for the recommendation: raw file bytes as the device "
+        "stores them (default) or the gzip-compressed download",
+    )
+    parser.add_argument(
         "--include-distill",
         action="store_true",
         help="let auto also train distilled students (slow; needs PyTorch and a dataset)",
@@ -199,7 +205,11 @@ def main(
             input_shapes=dict(args.input_shape) or None,
             out_dir=args.out,
             options=options,
-            constraints={"max_size_bytes": args.max_size, "max_latency_ms": args.max_latency_ms},
+            constraints={
+                "max_size_bytes": args.max_size,
+                "max_latency_ms": args.max_latency_ms,
+                "size_metric": args.size_metric,
+            },
             params=dict(args.param) or None,
             progress=bar,
             log=(lambda message: None),

@@ -15,6 +15,7 @@ permutation), so two runs on the same dataset verify on the same samples. Recipe
 from __future__ import annotations
 
 import hashlib
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +197,8 @@ def resolve_shape(spec: TensorSpec, given: list[int] | None, notes: list[str]) -
             shape.append(dim)
         elif axis == 0:
             shape.append(1)
-            notes.append(f"input '{spec.name}': dynamic batch axis '{dim}' set to 1")
+            label = f" '{dim}'" if isinstance(dim, str) else ""
+            notes.append(f"input '{spec.name}': dynamic batch axis{label} set to 1")
         else:
             example = ",".join(str(d) if isinstance(d, int) else "N" for d in spec.shape)
             raise EngineError(
@@ -207,6 +209,16 @@ def resolve_shape(spec: TensorSpec, given: list[int] | None, notes: list[str]) -
     return shape
 
 
+SAMPLE_RATE_NAMES = re.compile(r"(^|[_.])(sr|sample_?rate|sampling_?rate|rate)$", re.IGNORECASE)
+DEFAULT_SAMPLE_RATE = 16000
+
+
+def scalar_int_default(name: str) -> int:
+    """The constant synthesized for a scalar integer input: 16000 for a sample rate (by name:
+    ``sr``, ``sample_rate``, ``sampling_rate``), otherwise 1 (a valid count, size or flag)."""
+    return DEFAULT_SAMPLE_RATE if SAMPLE_RATE_NAMES.search(name) else 1
+
+
 def synthesize(
     inputs: list[TensorSpec],
     input_shapes: dict[str, list[int]] | None,
@@ -214,7 +226,8 @@ def synthesize(
     seed: int = 0,
 ) -> tuple[Feeds, list[str]]:
     """Random inputs shaped like the model's (standard normal floats, small non-negative
-    integers, random booleans). Fidelity measured on them is marked synthetic."""
+    integers, random booleans; a scalar integer input gets a constant, see
+    ``scalar_int_default``). Fidelity measured on them is marked synthetic."""
     input_shapes = dict(input_shapes or {})
     unknown = sorted(set(input_shapes) - {s.name for s in inputs})
     if unknown:
@@ -228,7 +241,17 @@ def synthesize(
         shape = resolve_shape(spec, input_shapes.get(spec.name), notes)
         dtype = np.dtype(spec.dtype) if spec.dtype != "unknown" else np.dtype(np.float32)
         full = [n_samples, *shape]
-        if dtype.kind == "f":
+        if not shape and dtype.kind in "iu":
+            # A scalar integer is a setting (a sample rate, a count, a flag), not data: random
+            # values would run branches real use never takes (silero-vad refuses anything but
+            # 8000 and 16000). Feed one plausible constant and say which.
+            value = scalar_int_default(spec.name)
+            arr = np.full(full, value, dtype=dtype)
+            notes.append(
+                f"input '{spec.name}' is a scalar {dtype}: synthesized as the constant {value} "
+                f"({'a sample rate, from its name' if value != 1 else 'give a dataset for others'})"
+            )
+        elif dtype.kind == "f":
             arr = rng.standard_normal(full).astype(dtype)
         elif dtype.kind in "iu":
             arr = rng.integers(0, 10, size=full).astype(dtype)
@@ -287,6 +310,15 @@ def split(
         _take(feeds, eval_idx),
         None if labels is None else labels[eval_idx],
     )
+
+
+def sample_feed(feeds: Feeds, index: int) -> dict[str, np.ndarray]:
+    """Sample ``index`` of every input as onnxruntime takes it: always an ``np.ndarray``.
+
+    Indexing a [n] array (a scalar input such as silero-vad's int64 ``sr``) gives a numpy
+    scalar (``numpy.int64``), which onnxruntime refuses ("Unable to handle object of type
+    numpy.int64"); ``np.asarray`` with the array's dtype turns it into a 0-d array."""
+    return {name: np.asarray(arr[index], dtype=arr.dtype) for name, arr in feeds.items()}
 
 
 def _take(feeds: Feeds, idx: np.ndarray) -> Feeds:

@@ -27,7 +27,7 @@ CHUNK = 1 << 20
 @dataclass
 class TensorSpec:
     """A model input or output: name, element type and shape (symbolic dims kept as strings,
-    unknown dims as None)."""
+    unknown dims as None; a dim written as -1 or 0, as Paddle exporters do, is unknown too)."""
 
     name: str
     dtype: str
@@ -117,13 +117,32 @@ def tensor_spec(value_info: onnx.ValueInfoProto) -> TensorSpec:
         return TensorSpec(value_info.name, dtype, None)
     shape: list[int | str | None] = []
     for dim in tensor_type.shape.dim:
-        if dim.HasField("dim_value"):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
             shape.append(int(dim.dim_value))
+        elif dim.HasField("dim_value"):
+            # Paddle and some TF exporters write -1 (or 0) for a dynamic dim, which ONNX does
+            # not define; onnxruntime accepts any size there, so it is a dynamic dim.
+            shape.append(None)
         elif dim.HasField("dim_param") and dim.dim_param:
             shape.append(dim.dim_param)
         else:
             shape.append(None)
     return TensorSpec(value_info.name, dtype, shape)
+
+
+def non_positive_dims(model: onnx.ModelProto, *, rewrite: bool = False) -> int:
+    """How many graph input/output dims hold a value <= 0 (a dynamic dim as Paddle writes it);
+    with ``rewrite``, turn each into a symbolic dim (``dynamic_<n>``) in place."""
+    count = 0
+    for value in [*model.graph.input, *model.graph.output]:
+        if not value.type.HasField("tensor_type"):
+            continue
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value <= 0:
+                if rewrite:
+                    dim.dim_param = f"dynamic_{count}"
+                count += 1
+    return count
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
@@ -239,4 +258,7 @@ def inspect_model(path: str | Path, *, check_runtime: bool = True) -> ModelInfo:
     )
     if external:
         info.notes.append("weights are stored as external data next to the model file")
+    odd = non_positive_dims(model)
+    if odd:
+        info.notes.append(f"{odd} input/output dim(s) written as -1 or 0 are read as dynamic dims")
     return info

@@ -39,7 +39,7 @@ from compression.engine.base import (
 from compression.engine.data import prepare_data
 from compression.engine.host import lineage
 from compression.engine.inspect import inspect_model, iter_graphs, runtime_session
-from compression.engine.preprocess import preprocess
+from compression.engine.preprocess import preprocess, sort_topologically
 from compression.engine.recipes import (
     AUTO,
     DISTILL,
@@ -49,7 +49,13 @@ from compression.engine.recipes import (
     resolve,
     split_chain_params,
 )
-from compression.engine.report import CompressionReport, VariantReport, pareto_front, recommend
+from compression.engine.report import (
+    SIZE_METRICS,
+    CompressionReport,
+    VariantReport,
+    pareto_front,
+    recommend,
+)
 from compression.engine.verify import (
     ACCEPTED,
     FAILED,
@@ -135,7 +141,7 @@ class EngineOptions:
         )
 
 
-CONSTRAINTS = ("max_size_bytes", "max_latency_ms")
+CONSTRAINTS = ("max_size_bytes", "max_latency_ms", "size_metric")
 
 
 def _check_constraints(constraints: dict[str, Any] | None) -> dict[str, Any]:
@@ -143,6 +149,12 @@ def _check_constraints(constraints: dict[str, Any] | None) -> dict[str, Any]:
     unknown = sorted(set(constraints) - set(CONSTRAINTS))
     if unknown:
         raise EngineError(f"unknown constraint(s) {unknown}; known: {list(CONSTRAINTS)}")
+    metric = constraints.get("size_metric")
+    if metric is not None and metric not in SIZE_METRICS:
+        raise EngineError(
+            f"constraint size_metric must be one of {list(SIZE_METRICS)} ('raw': the file on "
+            f"the device's disk, the default; 'gzip': the compressed download), got {metric!r}"
+        )
     return constraints
 
 
@@ -197,9 +209,17 @@ class _Run:
         self.work, self.out_dir, self.opts = work, out_dir, opts
         self.log, self.progress, self.cancelled = log, progress, cancelled
         self.gzip_original = gzip_size(original)
-        self.reference = run_samples(
-            runtime_session(original, threads=max(opts.threads, 1)), data.evaluation
-        )
+        try:
+            self.reference = run_samples(
+                runtime_session(original, threads=max(opts.threads, 1)), data.evaluation
+            )
+        except Exception as exc:
+            where = (
+                "the synthesized inputs (give a dataset with valid values)"
+                if data.synthetic
+                else "the dataset's held-out samples"
+            )
+            raise EngineError(f"the original model fails to run on {where}: {exc}") from exc
 
     def check_cancelled(self) -> None:
         if self.cancelled():
@@ -268,6 +288,8 @@ class _Run:
                 if outcome.extra:
                     report.extra[step] = outcome.extra
                 current = Path(outcome.path)
+                if self.info.control_flow_ops:
+                    self._resort(current, report, step)
             report.params = used[steps[0]] if len(steps) == 1 else used
             self.check_cancelled()
             self.progress(lo + (hi - lo) * 0.7, f"{recipe}: verifying")
@@ -317,6 +339,17 @@ class _Run:
         self.progress(hi, f"{recipe}: {report.status}")
         self.log(f"{recipe} {report.params}: {report.status}: {report.reason}")
         return report
+
+    def _resort(self, path: Path, report: VariantReport, step: str) -> None:
+        """Put back in order a graph whose If/Loop/Scan bodies read outer tensors that a
+        quantizer or converter moved after them (see ``sort_topologically``)."""
+        model = onnx.load(str(path))
+        if sort_topologically(model.graph):
+            onnx.save(model, str(path))
+            report.notes.append(
+                f"{step}: nodes re-ordered so that If/Loop/Scan bodies come after the outer "
+                "tensors they read (the converter had sorted by explicit inputs only)"
+            )
 
     def _keep(self, path: Path, result) -> str | None:
         """Move a variant into ``out_dir`` under its content address (atomic rename)."""
@@ -402,7 +435,6 @@ def compress(
         if cancelled():
             raise Cancelled("compression cancelled")
         report_progress(0.08, "measuring the original")
-        baseline = baseline_latency(model_path, data.evaluation, opts.latency)
         run = _Run(
             original=model_path,
             source=pre.path,
@@ -415,6 +447,7 @@ def compress(
             progress=report_progress,
             cancelled=cancelled,
         )
+        baseline = baseline_latency(model_path, data.evaluation, opts.latency)
         variants: list[VariantReport] = []
         lo, width = 0.12, 0.86 / len(plan)
         for index, (name, step_params) in enumerate(plan):
@@ -425,7 +458,9 @@ def compress(
 
     for i in pareto_front(variants):
         variants[i].pareto = True
-    recommended, reason = recommend(variants, constraints)
+    recommended, reason = recommend(
+        variants, constraints, original_size=info.size_bytes, original_gzip=run.gzip_original
+    )
     report_progress(1.0, "done")
     return CompressionReport(
         model={

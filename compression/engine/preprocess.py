@@ -4,6 +4,7 @@
   onnxruntime quantizers only look at initializers, so such weights would silently stay float.
 - ``gemm_to_matmul``: dynamic int8 and 4-bit weight quantization only know MatMul, while
   Gemm is how most MLP heads are exported; a Gemm with a constant B becomes MatMul (+ Add).
+- dims written as -1 or 0 on graph inputs/outputs (Paddle exports) become symbolic dims.
 - shape inference: onnxruntime's ``quant_pre_process`` (symbolic shape inference and basic
   graph optimizations) where it works, ONNX shape inference otherwise, nothing as a last resort.
 
@@ -21,7 +22,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compression.engine.base import EngineError
-from compression.engine.inspect import check_model, iter_graphs, runtime_session
+from compression.engine.inspect import (
+    check_model,
+    iter_graphs,
+    non_positive_dims,
+    runtime_session,
+)
 
 
 @dataclass
@@ -193,6 +199,12 @@ def preprocess(
             f"{result.constants_moved} Constant node(s) turned into initializers so the "
             "quantizers can see those weights"
         )
+    rewritten = non_positive_dims(model, rewrite=True)
+    if rewritten:
+        result.notes.append(
+            f"{rewritten} input/output dim(s) written as -1 or 0 rewritten as symbolic dims "
+            "(metadata only; what the model computes is unchanged)"
+        )
     stage = work / f"{dst.stem}.constants.onnx"
     onnx.save(model, str(stage))
 
@@ -235,3 +247,66 @@ def preprocess(
     stage.replace(dst)
     result.notes.append("no shape inference: quantizers may skip tensors of unknown type")
     return result
+
+
+def _outer_references(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads from enclosing scopes: inputs of its nodes (and of its own
+    subgraphs) that it neither produces nor declares as an input or initializer."""
+    local = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    local |= {out for node in graph.node for out in node.output}
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(name for name in node.input if name)
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                used |= _outer_references(sub)
+    return used - local
+
+
+def sort_topologically(graph: onnx.GraphProto) -> bool:
+    """Re-order ``graph.node`` (and every subgraph's) so each node comes after the producers of
+    everything it reads, *including what its If/Loop/Scan bodies read from the outer scope*.
+
+    Quantizers and the float16 converter sort graphs by explicit inputs only, so an ``If``
+    whose branch reads an outer tensor can land before that tensor's producer, and the checker
+    then refuses the model ("Nodes in a graph must be topologically sorted"). The sort is
+    stable: a graph already in order is left exactly as it was. Returns True if anything
+    moved."""
+    changed = False
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                changed |= sort_topologically(sub)
+    nodes = list(graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    needs: list[set[int]] = []
+    for i, node in enumerate(nodes):
+        names = {n for n in node.input if n}
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                names |= _outer_references(sub)
+        needs.append({producer[n] for n in names if n in producer and producer[n] != i})
+    order: list[int] = []
+    placed: set[int] = set()
+    pending = list(range(len(nodes)))
+    while pending:
+        progress = False
+        rest = []
+        for i in pending:
+            if needs[i] <= placed:
+                order.append(i)
+                placed.add(i)
+                progress = True
+            else:
+                rest.append(i)
+        if not progress:  # a cycle: leave the graph to the checker, which will say so
+            return changed
+        pending = rest
+    if order != list(range(len(nodes))):
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)
+        changed = True
+    return changed

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from compression.engine.verify import RULE_DECISIONS
+
 REPORT_VERSION = 1
 
 
@@ -54,6 +56,32 @@ class VariantReport:
     def accepted(self) -> bool:
         return self.status == "accepted"
 
+    @property
+    def fidelity_score(self) -> float:
+        """The fidelity figure the variant was judged by (higher is closer), used to rank it.
+
+        Under the default ``outputs`` rule: the worst per-sample cosine over all outputs.
+        Under the ``decisions`` rule (distilled variants), logit cosine is meaningless (a KL
+        loss ignores a per-sample shift of the logits), so: the lowest top-1 agreement over the
+        class-score outputs, and the lowest mean cosine over any other output."""
+        fid = self.fidelity or {}
+        if fid.get("rule") == RULE_DECISIONS:
+            figures = [
+                e["top1_agreement"] if "top1_agreement" in e else e.get("cosine_mean", 0.0)
+                for e in (fid.get("outputs") or {}).values()
+            ]
+            figures = [f for f in figures if f is not None]
+            if figures:
+                return float(min(figures))
+        value = fid.get("cosine_min")
+        return float(value) if value is not None else 0.0
+
+    @property
+    def fidelity_score_name(self) -> str:
+        if (self.fidelity or {}).get("rule") == RULE_DECISIONS:
+            return "top-1 agreement"
+        return "cosine"
+
     def to_dict(self) -> dict[str, Any]:
         fid = dict(self.fidelity)
         for key in ("cosine_min", "max_abs_error", "top1_agreement", "accuracy"):
@@ -77,6 +105,7 @@ class VariantReport:
             "gzip_ratio": self.gzip_ratio,
             "quantized_ops_share": self.quantized_ops_share,
             "pareto": self.pareto,
+            "fidelity_score": self.fidelity_score if self.fidelity else None,
             "not_applicable": self.not_applicable,
             "elapsed_s": self.elapsed_s,
             "notes": self.notes,
@@ -150,17 +179,19 @@ def _plain(value: Any) -> Any:
 
 def pareto_front(variants: list[VariantReport]) -> list[int]:
     """Indices of accepted variants no other accepted variant beats on every axis: size
-    (smaller), latency p50 (lower) and fidelity cosine_min (higher)."""
+    (smaller), latency p50 (lower) and fidelity (higher). Fidelity is each variant's
+    ``fidelity_score``: the figure its own rule judged it by (worst cosine, or top-1 agreement
+    for distilled variants, whose logit cosine says nothing)."""
     points = [
-        (i, v.size_bytes, v.latency_ms["p50"], v.fidelity.get("cosine_min", 0.0))
+        (i, v.size_bytes, v.latency_ms["p50"], v.fidelity_score)
         for i, v in enumerate(variants)
         if v.accepted and v.size_bytes is not None and v.latency_ms
     ]
     front = []
-    for i, size, lat, cos in points:
+    for i, size, lat, fid in points:
         dominated = any(
-            s <= size and t <= lat and c >= cos and (s < size or t < lat or c > cos)
-            for j, s, t, c in points
+            s <= size and t <= lat and f >= fid and (s < size or t < lat or f > fid)
+            for j, s, t, f in points
             if j != i
         )
         if not dominated:
@@ -169,14 +200,50 @@ def pareto_front(variants: list[VariantReport]) -> list[int]:
 
 
 TIE = 0.01
+SIZE_METRICS = ("raw", "gzip")
+"""``constraints["size_metric"]``: what "smaller" means for the recommendation. ``raw`` (the
+default) is the file as the device stores and loads it; ``gzip`` is the compressed transfer
+size, for fleets where the download, not the disk, is the limit."""
 
 
-def recommend(variants: list[VariantReport], constraints: dict[str, Any]) -> tuple[int | None, str]:
+def _really_smaller(
+    v: VariantReport, metric: str, original_size: int | None, original_gzip: int | None
+) -> bool:
+    """Smaller than the original by the chosen metric: raw bytes on disk unless asked for gzip.
+
+    Verification accepts a variant that is smaller raw *or* gzip-compressed (magnitude pruning
+    keeps every tensor dense: same file size, better compression). Such a variant saves
+    nothing on a device's disk, so it is never recommended unless the job says the transfer
+    size is what matters (``size_metric="gzip"``)."""
+    if metric == "gzip":
+        if original_gzip is not None and v.gzip_bytes is not None:
+            return v.gzip_bytes < original_gzip
+        return v.gzip_ratio is None or v.gzip_ratio > 1
+    if original_size is not None and v.size_bytes is not None:
+        return v.size_bytes < original_size
+    return v.size_ratio is None or v.size_ratio > 1
+
+
+def recommend(
+    variants: list[VariantReport],
+    constraints: dict[str, Any],
+    *,
+    original_size: int | None = None,
+    original_gzip: int | None = None,
+) -> tuple[int | None, str]:
     """The rule: among accepted variants (within tolerance, smaller and not slower than the
-    original on this host) that meet the constraints, pick the smallest file; sizes within 1%
-    of the smallest count as a tie, broken by the lower p50 latency, then the higher cosine."""
+    original on this host) that are really smaller by the constraint's ``size_metric`` (raw
+    file bytes by default, see ``_really_smaller``) and meet the constraints, pick the smallest
+    file; sizes within 1% of the smallest count as a tie, broken by the lower p50 latency, then
+    the higher ``fidelity_score``."""
     max_size = constraints.get("max_size_bytes")
     max_latency = constraints.get("max_latency_ms")
+    metric = constraints.get("size_metric") or "raw"
+
+    def size(i: int) -> int:
+        v = variants[i]
+        return v.gzip_bytes if metric == "gzip" else v.size_bytes
+
     accepted = [i for i, v in enumerate(variants) if v.accepted]
     if not accepted:
         if not variants:
@@ -195,35 +262,53 @@ def recommend(variants: list[VariantReport], constraints: dict[str, Any]) -> tup
             "no variant is within tolerance, smaller and not slower than the original on this "
             f"host ({why}; see each variant's reason)"
         )
+    smaller = [
+        i for i in accepted if _really_smaller(variants[i], metric, original_size, original_gzip)
+    ]
+    if not smaller:
+        if metric == "raw":
+            return None, (
+                f"{len(accepted)} variant(s) accepted, but none is smaller on disk than the "
+                "original (only their gzip-compressed size shrinks, e.g. magnitude pruning "
+                "keeps tensors dense); a device stores the raw file. Set the constraint "
+                "size_metric='gzip' if the compressed transfer size is what matters"
+            )
+        return None, f"{len(accepted)} variant(s) accepted, but none is smaller gzip-compressed"
     eligible = [
         i
-        for i in accepted
-        if (max_size is None or variants[i].size_bytes <= max_size)
+        for i in smaller
+        if (max_size is None or size(i) <= max_size)
         and (max_latency is None or variants[i].latency_ms["p50"] <= max_latency)
     ]
+    what = "gzip bytes" if metric == "gzip" else "bytes"
     if not eligible:
-        smallest = min(accepted, key=lambda i: variants[i].size_bytes)
-        fastest = min(accepted, key=lambda i: variants[i].latency_ms["p50"])
+        smallest = min(smaller, key=size)
+        fastest = min(smaller, key=lambda i: variants[i].latency_ms["p50"])
         limits = []
         if max_size is not None:
-            limits.append(
-                f"max size {max_size} bytes (smallest accepted: {variants[smallest].size_bytes})"
-            )
+            limits.append(f"max size {max_size} {what} (smallest accepted: {size(smallest)})")
         if max_latency is not None:
             limits.append(
                 f"max latency {max_latency} ms (fastest accepted p50: "
                 f"{variants[fastest].latency_ms['p50']:.3f} ms)"
             )
         return None, f"{len(accepted)} variant(s) accepted, but none meets {' and '.join(limits)}"
-    smallest = min(variants[i].size_bytes for i in eligible)
-    tied = [i for i in eligible if variants[i].size_bytes <= smallest * (1 + TIE)]
+    smallest = min(size(i) for i in eligible)
+    tied = [i for i in eligible if size(i) <= smallest * (1 + TIE)]
     best = min(
         tied,
-        key=lambda i: (variants[i].latency_ms["p50"], -variants[i].fidelity.get("cosine_min", 0.0)),
+        key=lambda i: (variants[i].latency_ms["p50"], -variants[i].fidelity_score),
     )
     v = variants[best]
+    ratio = v.gzip_ratio if metric == "gzip" else v.size_ratio
+    skipped = len(accepted) - len(smaller)
+    tail = (
+        f"; {skipped} accepted variant(s) not considered: not smaller on disk (only gzip)"
+        if skipped and metric == "raw"
+        else ""
+    )
     return best, (
-        f"{v.recipe}: the smallest accepted variant ({v.size_bytes} bytes, "
-        f"{v.size_ratio or 0:.1f}x smaller; p50 {v.latency_ms['p50']:.3f} ms, "
-        f"cosine {v.fidelity.get('cosine_min', 0):.4f})"
+        f"{v.recipe}: the smallest accepted variant ({size(best)} {what}, "
+        f"{ratio or 0:.1f}x smaller; p50 {v.latency_ms['p50']:.3f} ms, "
+        f"{v.fidelity_score_name} {v.fidelity_score:.4f}){tail}"
     )

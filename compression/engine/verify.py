@@ -32,6 +32,7 @@ import onnx
 from onnx import TensorProto
 
 from compression.engine.base import EngineError, Feeds
+from compression.engine.data import sample_feed
 from compression.engine.inspect import check_model, iter_graphs, runtime_session, sha256_file
 
 ACCEPTED, REJECTED, FAILED = "accepted", "rejected", "failed"
@@ -195,7 +196,11 @@ def quantized_ops_share(model: onnx.ModelProto) -> float | None:
 
 
 def _batchable(session) -> bool:
-    return all(inp.shape and not isinstance(inp.shape[0], int) for inp in session.get_inputs())
+    """Every input has a leading axis of unknown size (symbolic, unknown, or written -1/0)."""
+    return all(
+        inp.shape and not (isinstance(inp.shape[0], int) and inp.shape[0] > 0)
+        for inp in session.get_inputs()
+    )
 
 
 def run_samples(session, feeds: Feeds, *, chunk: int = 64) -> dict[str, np.ndarray]:
@@ -214,7 +219,11 @@ def run_samples(session, feeds: Feeds, *, chunk: int = 64) -> dict[str, np.ndarr
             batch = {
                 name: arr.reshape(k * arr.shape[1], *arr.shape[2:]) for name, arr in part.items()
             }
-            outs = session.run(names, batch)
+            try:
+                outs = session.run(names, batch)
+            except Exception:  # a symbolic batch axis the graph cannot really batch on
+                ok = False
+                break
             if any(o.ndim == 0 or o.shape[0] != k * next(iter(rows.values())) for o in outs):
                 ok = False
                 break
@@ -224,7 +233,7 @@ def run_samples(session, feeds: Feeds, *, chunk: int = 64) -> dict[str, np.ndarr
             return {name: np.concatenate(parts) for name, parts in results.items()}
     stacked: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for i in range(n):
-        outs = session.run(names, {k: v[i] for k, v in feeds.items()})
+        outs = session.run(names, sample_feed(feeds, i))
         for name, out in zip(names, outs, strict=True):
             stacked[name].append(np.asarray(out))
     return {name: np.stack(parts) for name, parts in stacked.items()}
@@ -381,7 +390,7 @@ def percentiles(samples_ms: np.ndarray) -> dict[str, float]:
 
 
 def first_sample(feeds: Feeds) -> dict[str, np.ndarray]:
-    return {name: arr[0] for name, arr in feeds.items()}
+    return sample_feed(feeds, 0)
 
 
 def measure_latency(

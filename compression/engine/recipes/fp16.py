@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 
 from compression.engine.base import EngineError, RecipeContext, RecipeOutcome
+from compression.engine.data import sample_feed
 from compression.engine.inspect import check_model, runtime_session
 from compression.engine.recipes._common import bool_param, check_cancelled, op_counts, size_note
 
@@ -70,7 +71,7 @@ def apply(ctx: RecipeContext) -> RecipeOutcome:
     sample = None
     feeds = ctx.calibration or ctx.evaluation
     if feeds:
-        sample = {name: arr[0] for name, arr in feeds.items()}
+        sample = sample_feed(feeds, 0)
     blocked = list(params["op_block_list"])
     notes: list[str] = []
     error = None

@@ -22,6 +22,7 @@ from compression.engine.base import (
     RecipeNotApplicable,
     RecipeOutcome,
 )
+from compression.engine.data import sample_feed
 from compression.engine.host import has_vnni
 from compression.engine.inspect import runtime_session
 from compression.engine.recipes._common import bool_param, check_cancelled, op_counts, stage
@@ -81,7 +82,7 @@ class _Reader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.i >= self.n:
             return None
-        sample = {name: arr[self.i] for name, arr in self.feeds.items()}
+        sample = sample_feed(self.feeds, self.i)
         self.i += 1
         return sample
 
@@ -171,6 +172,51 @@ def sensitivity(float_path, quant_path, feeds: Feeds) -> list[tuple[str, float]]
     return sorted(scores, key=lambda kv: -kv[1])
 
 
+PER_CHANNEL_OPSET = 13
+"""Per-channel QDQ writes ``DequantizeLinear(axis=...)``, which ONNX defines from opset 13."""
+
+
+def _main_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
+def _opset_for_per_channel(
+    model: onnx.ModelProto, ctx: RecipeContext, notes: list[str]
+) -> tuple[onnx.ModelProto, bool]:
+    """The model at opset >= 13, so per-channel QDQ is valid, and whether that worked.
+
+    Older exports (Paddle's opset 11/12: ppocr, ddddocr) are converted with
+    ``onnx.version_converter``; the converted model must pass the checker and load in
+    onnxruntime. If it does not, per-channel is turned off (per-tensor QDQ is valid from opset
+    10) and a note says why."""
+    opset = _main_opset(model)
+    if opset >= PER_CHANNEL_OPSET:
+        return model, True
+    try:
+        from onnx import version_converter
+
+        converted = version_converter.convert_version(model, PER_CHANNEL_OPSET)
+        path = stage(converted, ctx, "int8_static.opset13.onnx")
+        onnx.checker.check_model(str(path), full_check=True)
+        runtime_session(path)
+        path.unlink(missing_ok=True)
+    except Exception as exc:
+        notes.append(
+            f"per-channel off: per-channel QDQ needs opset {PER_CHANNEL_OPSET} and converting "
+            f"this opset-{opset} model failed ({type(exc).__name__}: {str(exc)[:160]}); "
+            "quantized per tensor"
+        )
+        return model, False
+    notes.append(
+        f"model converted from opset {opset} to {PER_CHANNEL_OPSET} (onnx.version_converter): "
+        "per-channel QDQ needs DequantizeLinear with an axis"
+    )
+    return converted, True
+
+
 def apply(ctx: RecipeContext) -> RecipeOutcome:
     params = validate_params(ctx.params)
     if not ctx.calibration:
@@ -197,6 +243,10 @@ def apply(ctx: RecipeContext) -> RecipeOutcome:
         reduce_range = not has_vnni()
         if reduce_range:
             notes.append("reduce_range on: this CPU has no VNNI (7-bit weights avoid overflow)")
+    if params["per_channel"]:
+        model, per_channel_ok = _opset_for_per_channel(model, ctx, notes)
+        if not per_channel_ok:
+            params = {**params, "per_channel": False}
     source = stage(model, ctx, "int8_static.input.onnx")
     exclude = list(params["nodes_to_exclude"])
     ctx.progress(0.1)

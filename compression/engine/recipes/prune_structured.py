@@ -35,6 +35,7 @@ from compression.engine.base import (
     RecipeNotApplicable,
     RecipeOutcome,
 )
+from compression.engine.data import sample_feed
 from compression.engine.recipes._common import bool_param
 from compression.engine.recipes.prune_magnitude import compressed_sizes, consumers_by_name
 
@@ -454,6 +455,10 @@ def _activations(
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
+    # A half-pruned model still carries the shape annotations of the unpruned one; onnxruntime
+    # refuses annotations that contradict the weights ("Dimension mismatch in unification
+    # between 192 and 256"), so the probe runs without them.
+    del probe.graph.value_info[:]
     del probe.graph.output[:]
     for name in names:
         probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
@@ -465,9 +470,7 @@ def _activations(
     count = len(next(iter(feeds.values())))
     stacked: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for i in range(count):
-        for name, out in zip(
-            names, session.run(names, {k: v[i] for k, v in feeds.items()}), strict=True
-        ):
+        for name, out in zip(names, session.run(names, sample_feed(feeds, i)), strict=True):
             stacked[name].append(out.reshape(-1, out.shape[-1]))
     return {name: np.concatenate(parts) for name, parts in stacked.items()}
 
