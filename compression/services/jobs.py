@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -14,9 +15,13 @@ from compression.engine.pipeline import CONSTRAINTS
 from compression.engine.recipes import AUTO, parse_chain, split_chain_params
 from compression.models import CompressionJob, Dataset, JobStatus, ModelVersion
 from compression.services.registry import RegistryError, version_inputs
+from compression.storage import path_of
 from fleet import audit
 
-TOLERANCE_KEYS = ("cosine_min", "top1_min", "accuracy_drop_max", "latency_slack")
+TOLERANCE_KEYS = (
+    "cosine_min", "top1_min", "accuracy_drop_max", "latency_slack",
+    "distill_top1_min", "distill_relative_error_max",
+)
 
 
 class InvalidJob(RegistryError):
@@ -53,6 +58,37 @@ def engine_options(job: CompressionJob) -> dict[str, Any]:
     return {**job.options, **tolerance}
 
 
+STUDENT_KEY = "student_version"
+
+
+def _pop_student(params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Take ``student_version`` out of a job's params (flat, or nested under ``distill``)."""
+    params = dict(params)
+    ident = None
+    nested = params.get("distill")
+    if isinstance(nested, dict) and STUDENT_KEY in nested:
+        nested = dict(nested)
+        ident = nested.pop(STUDENT_KEY)
+        params["distill"] = nested
+    return params, params.pop(STUDENT_KEY, ident)
+
+
+def _mentions_student_path(params: dict[str, Any]) -> bool:
+    nested = params.get("distill")
+    return "student_path" in params or (isinstance(nested, dict) and "student_path" in nested)
+
+
+def engine_params(job: CompressionJob) -> dict[str, Any] | None:
+    """The job's params as the engine takes them: an uploaded student named by its model version
+    (``student_version``) becomes the path of that version's stored file (``student_path``).
+    Clients never pass paths: which files on the server a job reads is ours to decide."""
+    params, ident = _pop_student(job.params or {})
+    if ident:
+        student = ModelVersion.objects.get(pk=ident)
+        params["student_path"] = str(path_of(student.file))
+    return params or None
+
+
 def _validate(
     version: ModelVersion,
     recipe: str,
@@ -66,11 +102,28 @@ def _validate(
         steps = parse_chain(recipe)
         if recipe == AUTO and params:
             raise EngineError("auto chooses its own parameters; do not pass params with auto")
+        if _mentions_student_path(params):
+            raise EngineError(
+                "student_path is not accepted here: upload the student architecture as a model "
+                "version and pass its id as student_version"
+            )
+        params, student = _pop_student(params)
+        if student is not None:
+            if "distill" not in steps:
+                raise EngineError("student_version only applies to recipes with a distill step")
+            try:
+                ModelVersion.objects.get(pk=student)
+            except (ModelVersion.DoesNotExist, ValueError, ValidationError):
+                raise EngineError(f"student_version {student!r} is not an uploaded model version") from None
         if recipe != AUTO:
             split_chain_params(steps, params)
         tolerance, limits = split_constraints(constraints)
         EngineOptions.from_dict({**options, **tolerance})
         for key, value in limits.items():
+            if key == "size_metric":
+                if value not in ("raw", "gzip"):
+                    raise EngineError(f"constraint size_metric must be 'raw' or 'gzip', got {value!r}")
+                continue
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise EngineError(f"constraint {key} must be a positive number, got {value!r}")
     except EngineError as exc:

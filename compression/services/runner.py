@@ -26,7 +26,7 @@ from django.utils import timezone
 from compression import signing, storage
 from compression.engine import Cancelled, CompressionReport, EngineError, VariantReport, compress
 from compression.models import CompressionJob, JobStatus, Variant, VariantStatus
-from compression.services.jobs import engine_options, split_constraints
+from compression.services.jobs import engine_options, engine_params, split_constraints
 from compression.services.registry import estimate_peak_memory
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def run_job(job_id: str) -> str:
             out_dir=out_dir,
             options=engine_options(job),
             constraints=limits,
-            params=job.params or None,
+            params=engine_params(job),
             progress=tracker.progress,
             log=tracker.log,
             cancelled=tracker.cancelled,
