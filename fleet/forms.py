@@ -163,6 +163,10 @@ class CompressionJobForm(forms.Form):
                                   label="Min cosine similarity")
     min_top1 = forms.FloatField(min_value=0, max_value=1, required=False, initial=0.99,
                                 label="Min top-1 agreement")
+    latency_slack = forms.FloatField(
+        min_value=0, max_value=100, required=False, initial=0.05, label="Latency slack",
+        help_text="How much slower than the original a variant may measure and still be accepted "
+                  "(0.05 = 5 %, timer noise); latency is measured on the server's worker.")
     max_size_mb = forms.FloatField(min_value=0.001, required=False, label="Max size (MB)")
     max_latency_ms = forms.FloatField(min_value=0.001, required=False, label="Max latency p50 (ms)")
     input_shapes = forms.CharField(required=False, label="Input shapes",
@@ -197,6 +201,8 @@ class CompressionJobForm(forms.Form):
             out["cosine_min"] = data["min_cosine"]
         if data.get("min_top1") is not None:
             out["top1_min"] = data["min_top1"]
+        if data.get("latency_slack") is not None:
+            out["latency_slack"] = data["latency_slack"]
         if data.get("max_size_mb"):
             out["max_size_bytes"] = int(data["max_size_mb"] * 1_000_000)
         if data.get("max_latency_ms"):

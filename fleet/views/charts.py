@@ -88,7 +88,7 @@ def variant_scatter_svg(points: list[Point], *, width: int = 720, height: int = 
     pts = [p for p in points if p.size and p.size > 0 and p.latency is not None and p.latency > 0]
     if not pts:
         return mark_safe('<p class="muted empty">No measured variants to plot yet.</p>')  # noqa: S308
-    left, right, top, bottom = 70, 20, 20, 50
+    left, right, top, bottom = 84, 20, 20, 50
     pw, ph = width - left - right, height - top - bottom
     xs, ys = [p.size for p in pts], [p.latency for p in pts]
     xlog = max(xs) / min(xs) > 20

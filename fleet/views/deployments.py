@@ -111,7 +111,10 @@ def deployment_new(request):
     if not has_role(request.user, OPERATOR):
         return forbidden(request, OPERATOR)
     start = optional_attr("fleet.rollouts", "start")
-    form = DeploymentForm(request.POST or None, initial={"model": request.GET.get("model")})
+    initial = {"model": request.GET.get("model")}
+    if request.GET.get("variant"):  # "Deploy this variant" from a job or variant page
+        initial.update(variant_policy="pinned", pinned_variant=request.GET["variant"])
+    form = DeploymentForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         dep = form.build()
         if dep is not None:
@@ -151,9 +154,25 @@ def deployment_preview(request):
                 result = preview(dep, ids)
             except Exception as exc:  # a placement error must read as a message, not a 500
                 error = str(exc)
+            else:
+                # Name each chosen variant (one query) and list the devices phase by phase.
+                chosen = {r["variant_id"] for r in result.get("devices", []) if r.get("variant_id")}
+                variants = Variant.objects.only("id", "recipe", "size_bytes").in_bulk(chosen)
+                for r in result.get("devices", []):
+                    r["variant"] = variants.get(r.get("variant_id")) or variants.get(_uuid(r.get("variant_id")))
+                result["devices"] = sorted(result.get("devices", []), key=lambda r: (r["phase"], r["device"]))
     if form.errors and not error:
         error = "; ".join(f"{k if k != '__all__' else ''} {' '.join(v)}".strip() for k, v in form.errors.items())
     return render(request, "fleet/partials/deployment_preview.html", {"result": result, "error": error})
+
+
+def _uuid(value):
+    import uuid
+
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
 
 
 def deployment_context(dep) -> dict:

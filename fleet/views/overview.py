@@ -88,9 +88,21 @@ def active_rollouts(limit: int = 6):
     return {"count": qs.count(), "items": list(qs.select_related(*related).order_by("-pk")[:limit])}
 
 
+HEALTH_CACHE_KEY, HEALTH_CACHE_S = "dashboard:fleet-health", 20
+
+
 def fleet_health():
-    """Fleet CPU, memory and disk over the last five minutes of 1-minute rollups: one aggregate
-    query, None until the telemetry module exists or while nothing has reported."""
+    """Fleet CPU, memory and disk over the last five minutes, cached for 20 s: with 10,000
+    devices the aggregate reads ~50,000 rollup rows (a few hundred ms), and every open overview
+    polls every 5 s, so the figures are shared rather than recomputed per request."""
+    from django.core.cache import cache
+
+    return cache.get_or_set(HEALTH_CACHE_KEY, _fleet_health, HEALTH_CACHE_S)
+
+
+def _fleet_health():
+    """One aggregate query over the last five minutes of 1-minute rollups; None until the
+    telemetry module exists or while nothing has reported."""
     Rollup1m = optional_model("fleet", "Rollup1m")
     if Rollup1m is None:
         return None

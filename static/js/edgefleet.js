@@ -146,5 +146,22 @@
     });
   }
 
-  document.addEventListener("DOMContentLoaded", function () { initCharts(); initUploads(); });
+  // --- Deployment form: show only the fields the chosen target and policy use --------------------
+  function initDeploymentForm() {
+    var form = document.getElementById("deployment-form");
+    if (!form) return;
+    var rules = {target_labels: ["target_kind", "labels"], target_devices: ["target_kind", "devices"],
+                 pinned_variant: ["variant_policy", "pinned"]};
+    function apply() {
+      Object.keys(rules).forEach(function (name) {
+        var box = form.querySelector("[data-field=" + name + "]");
+        var control = form.elements[rules[name][0]];
+        if (box && control) box.hidden = control.value !== rules[name][1];
+      });
+    }
+    form.addEventListener("change", apply);
+    apply();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { initCharts(); initUploads(); initDeploymentForm(); });
 })();

@@ -50,3 +50,17 @@ def test_fleet_health_totals_count_each_device_once(viewer_client, rollups):
 
     body = viewer_client.get("/").content.decode()
     assert f"{size(1e9)} of {size(4e9)}" in body and f"{size(8e9)} of {size(32e9)}" in body
+
+
+def test_fleet_health_is_shared_between_requests(viewer_client, rollups):
+    """Computed once, then served from the cache to every polling overview for 20 s."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as first:
+        viewer_client.get("/")
+    with CaptureQueriesContext(connection) as second:
+        body = viewer_client.get("/").content.decode()
+    assert "1 device reporting" in body
+    assert len(second.captured_queries) == len(first.captured_queries) - 1
+    assert not any("rollup1m" in q["sql"] for q in second.captured_queries)
