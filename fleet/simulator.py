@@ -34,6 +34,7 @@ class VirtualDevice:
     mem_total: int = 4 * 1024**3
     disk_used: int = 20 * 1024**3
     pending: list = field(default_factory=list)
+    config: dict | None = None  # what the server answered at enrollment ("config")
 
     def take_sample(self, ts: float, rng: random.Random) -> dict:
         self.seq += 1
@@ -151,6 +152,7 @@ def enroll_all(server: str, token: str, devices: list[VirtualDevice], prefix: st
                     code, body = 0, {}
                 if code == 201:
                     d.device_id, d.token = body["device_id"], body["device_token"]
+                    d.config = body.get("config") if isinstance(body.get("config"), dict) else None
                     conn.request("PUT", "/api/v1/agent/inventory", inventory, d.token)
                     break
                 if code in (429, 0) or code >= 500:
@@ -171,6 +173,38 @@ def enroll_all(server: str, token: str, devices: list[VirtualDevice], prefix: st
     if failures:
         log(f"enrollment failed for {len(failures)} devices, e.g. {failures[0]}")
     return len(failures)
+
+
+def server_config(server: str, devices: list[VirtualDevice]) -> dict:
+    """The agent settings the server hands out: from an enrollment answer when a device enrolled
+    in this run, else ``GET /api/v1/agent/config`` with a device's token; ``{}`` when unknown."""
+    for d in devices:
+        if d.config:
+            return d.config
+    conn = Connection(server, timeout=10)
+    try:
+        for d in devices[:3]:
+            try:
+                code, body = conn.request("GET", "/api/v1/agent/config", None, d.token)
+            except OSError:
+                continue
+            if code == 200 and isinstance(body.get("config"), dict):
+                return body["config"]
+    finally:
+        conn.close()
+    return {}
+
+
+def reporting_settings(config: dict, interval: float | None, batch: int | None) -> tuple[float, int]:
+    """(interval, batch size): the flags when given, else the server's config, else 10 s and 3."""
+    if interval is None:
+        value = config.get("telemetry_interval_s")
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 86400
+        interval = float(value) if ok else 10.0
+    if not batch:
+        value = config.get("batch_size")
+        batch = value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1000 else 3
+    return interval, batch
 
 
 def run_fleet(server: str, devices: list[VirtualDevice], *, interval: float, batch: int,

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import pstats
+import random
 import statistics
 import sys
 import time
@@ -45,14 +46,12 @@ def main() -> int:
 
     django.setup()
     from django.db import connection
-    from django.test.utils import setup_test_environment  # noqa: F401  (not used: keep it production-like)
 
     from edgefleet.wsgi import application
     from fleet.models import Device, DeviceCredential, TelemetrySample
     from fleet.secrets import DEVICE_PREFIX, display_prefix, hash_token, new_token
     from fleet.simulator import VirtualDevice
 
-    import random
 
     Device.objects.filter(name__startswith="prof-").delete()
     devices, tokens = [], []

@@ -2,8 +2,9 @@
 
 This is the hottest path of the server (10,000 samples/s on 2 cores is the goal), so it avoids
 per-sample ORM objects and serializers: a sample is checked against a table of field rules and
-becomes a tuple; the batch goes to the database as one ``INSERT ... SELECT FROM unnest(...)`` on
-PostgreSQL (one round trip whatever the batch size) or one ``executemany`` on SQLite.
+becomes a tuple; the batch goes to the database as one ``INSERT ... SELECT FROM
+json_to_recordset(...)`` on PostgreSQL, in the same statement as the coalesced ``last_seen`` write
+(one round trip whatever the batch size), or one ``executemany`` on SQLite.
 
 Batch semantics (the agent relies on them; see docs/telemetry.md):
 

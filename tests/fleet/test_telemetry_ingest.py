@@ -122,7 +122,9 @@ def test_one_bad_sample_refuses_the_whole_batch_and_says_which(active_device, ca
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_are_refused(active_device, literal):
     device_id, client = active_device
-    text = json.dumps({"samples": [sample(1, cpu_percent=1.0)]}).replace("1.0", literal, 1)
+    # Replace the value itself: "1.0" alone may also occur inside the timestamp's digits.
+    text = json.dumps({"samples": [sample(1, cpu_percent=1.0)]}).replace(
+        '"cpu_percent": 1.0', f'"cpu_percent": {literal}', 1)
     resp = client.post(URL, text, content_type="application/json")
     assert resp.status_code == 400 and literal.lstrip("-") in resp.json()["detail"]
     assert stored(device_id) == []

@@ -19,13 +19,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--server", required=True, help="Server base URL, e.g. http://127.0.0.1:8000")
         parser.add_argument("--devices", type=int, default=5, help="Number of virtual devices")
-        parser.add_argument("--interval", type=float, default=10.0,
-                            help="Sampling interval in seconds; 0: send as fast as the server takes it")
+        parser.add_argument("--interval", type=float, default=None,
+                            help="Sampling interval in seconds (default: the server's telemetry_interval_s, "
+                                 "as answered at enrollment); 0: send as fast as the server takes it")
         parser.add_argument("--duration", type=float, default=0,
                             help="Stop after this many seconds (default: run until interrupted)")
         parser.add_argument("--token", help="Enrollment token (auto-accept), or $EDGEFLEET_ENROLLMENT_TOKEN")
         parser.add_argument("--batch", type=int, default=0,
-                            help="Samples per report (default 3, the server's default batch_size, like the agent)")
+                            help="Samples per report (default: the server's batch_size, as answered at "
+                                 "enrollment, like the agent; 3 if it gives none)")
         parser.add_argument("--threads", type=int, default=0,
                             help="Sender threads, one keep-alive connection each (default: min(devices, 16))")
         parser.add_argument("--prefix", default="sim", help="Device names and fingerprints start with this")
@@ -61,13 +63,18 @@ class Command(BaseCommand):
                 with open(tmp, "w") as fh:
                     json.dump({str(d.index): [d.device_id, d.token] for d in devices}, fh)
                 os.replace(tmp, path)
-        batch = opts["batch"] or 3
+        if opts["interval"] is not None and opts["interval"] < 0:
+            raise CommandError("--interval must be >= 0")
+        config = {}
+        if opts["interval"] is None or not opts["batch"]:
+            config = simulator.server_config(opts["server"], devices)
+        interval, batch = simulator.reporting_settings(config, opts["interval"], opts["batch"])
         duration = opts["duration"] or 10 * 365 * 86400.0
-        log(f"{len(devices)} devices reporting every {opts['interval'] * batch:g}s "
-            f"({batch} samples of {opts['interval']:g}s) over {threads} connections")
+        log(f"{len(devices)} devices reporting every {interval * batch:g}s "
+            f"({batch} samples of {interval:g}s) over {threads} connections")
         try:
             stats, elapsed = simulator.run_fleet(
-                opts["server"], devices, interval=opts["interval"], batch=batch, duration=duration,
+                opts["server"], devices, interval=interval, batch=batch, duration=duration,
                 threads=threads, progress_every=opts["progress"], log=log)
         except KeyboardInterrupt:
             return
