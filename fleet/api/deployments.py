@@ -19,6 +19,12 @@ from fleet.models import Deployment, DeploymentReport, DeploymentState, Device, 
 from fleet.models.deployments import TargetKind, VariantPolicy, default_phases
 
 
+def _body(request) -> dict:
+    """The request body when it is a JSON object, else {} (these actions take optional flags)."""
+    if not isinstance(request.data, dict):
+        raise serializers.ValidationError("the body must be a JSON object (or empty)")
+    return request.data
+
 class DeploymentSerializer(serializers.ModelSerializer):
     model = serializers.SlugRelatedField(slug_field="name", queryset=AIModel.objects.all())
     version = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.all(), required=False,
@@ -178,7 +184,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
     @extend_schema(request=PauseRequest, responses=DeploymentSerializer, summary="Pause the rollout")
     @action(detail=True, methods=["post"])
     def pause(self, request, pk=None):
-        return self._run(rollouts.pause, reason=str(request.data.get("reason", ""))[:200])
+        return self._run(rollouts.pause, reason=str(_body(request).get("reason", ""))[:200])
 
     @extend_schema(request=None, responses=DeploymentSerializer,
                    summary="Resume a paused rollout (failures so far count as accepted)")
@@ -190,7 +196,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
                    summary="Abort the rollout; with rollback=true every device goes back")
     @action(detail=True, methods=["post"])
     def abort(self, request, pk=None):
-        rollback = request.data.get("rollback") in (True, "true", "1", 1)
+        rollback = _body(request).get("rollback") in (True, "true", "1", 1)
         return self._run(rollouts.abort, rollback=rollback)
 
     @extend_schema(request=None, responses=DeploymentSerializer,
