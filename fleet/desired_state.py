@@ -18,6 +18,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from fleet.timeutil import to_utc
+
 from .models import (
     AssignmentState,
     DeploymentReport,
@@ -127,10 +129,11 @@ def may_download(device, variant_id) -> bool:
 def _parse_ts(value) -> datetime | None:
     if not isinstance(value, str):
         return None
-    ts = parse_datetime(value)
-    if ts is not None and timezone.is_naive(ts):
-        ts = timezone.make_aware(ts, timezone.utc)
-    return ts
+    try:
+        ts = parse_datetime(value)
+        return to_utc(ts) if ts is not None else None
+    except ValueError:
+        return None  # malformed or out of range: the report's time falls back to "now"
 
 
 def apply_report(device, report: dict, *, now: datetime | None = None) -> dict:

@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from rest_framework import exceptions as drf_exceptions
 
 from .models import AuditEvent, Device, DeviceStatus
+from .timeutil import UTCDateTimeFilter
 
 
 def label_query(values: list[str]) -> dict:
@@ -47,8 +48,8 @@ class DeviceFilter(django_filters.FilterSet):
 
 
 class AuditEventFilter(django_filters.FilterSet):
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UTCDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UTCDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEvent

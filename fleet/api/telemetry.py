@@ -38,6 +38,7 @@ from fleet.auth import DevicePrincipal, DeviceTokenAuthentication, _bearer
 from fleet.models import METRICS, Alert, AlertRule, Device, DeviceCredential, PresenceEvent
 from fleet.secrets import DEVICE_PREFIX, hash_token
 from fleet.telemetry import ingest, queries, rules
+from fleet.timeutil import UTCDateTimeFilter, to_utc
 
 from .agent import DeviceAPIView
 
@@ -181,9 +182,10 @@ def _parse_time(value: str | None, name: str):
             parsed = datetime.fromtimestamp(float(value), tz=UTC)
         except (ValueError, OverflowError, OSError):
             raise serializers.ValidationError({name: "must be ISO 8601 or epoch seconds"}) from None
-    if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed, UTC)
-    return parsed
+    try:
+        return to_utc(parsed)
+    except ValueError as exc:
+        raise serializers.ValidationError({name: str(exc)}) from None
 
 
 class DeviceTelemetryView(APIView):
@@ -304,8 +306,8 @@ class AlertSerializer(serializers.ModelSerializer):
 
 class AlertFilter(django_filters.FilterSet):
     state = django_filters.MultipleChoiceFilter(choices=Alert._meta.get_field("state").choices)
-    since = django_filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="lt")
+    since = UTCDateTimeFilter(field_name="started_at", lookup_expr="gte")
+    until = UTCDateTimeFilter(field_name="started_at", lookup_expr="lt")
 
     class Meta:
         model = Alert
