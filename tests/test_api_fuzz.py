@@ -39,7 +39,9 @@ def admin_token(django_db_blocker):
 
 @pytest.mark.django_db
 @schema.parametrize()
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: the same examples every run, so CI is reproducible; raise max_examples locally
+# (or drop derandomize) to hunt for new failures.
+@settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_api_never_answers_5xx(case, admin_token):
     case.headers = {**(case.headers or {}), "Authorization": f"Bearer {admin_token}"}
     response = case.call()
