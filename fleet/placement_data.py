@@ -29,10 +29,42 @@ def latest_sample(device):
             .only("disk_used_bytes", "disk_total_bytes", "mem_used_bytes", "mem_total_bytes").first())
 
 
-def device_resources(device, sample=None) -> DeviceResources:
+_SAMPLE_FIELDS = ("disk_used_bytes", "disk_total_bytes", "mem_used_bytes", "mem_total_bytes")
+NOT_FETCHED = object()
+
+
+def latest_samples(device_ids) -> dict:
+    """The latest telemetry sample of many devices at once (``{device_id: sample or None}``),
+    one query per 500 devices: a correlated subquery per field on the (device, ts) index. The
+    samples are plain objects with the four fields placement uses."""
+    from types import SimpleNamespace
+
+    from django.db.models import OuterRef, Subquery
+
+    ids = list(dict.fromkeys(device_ids))
+    out: dict = dict.fromkeys(ids)
+    try:
+        sample_model = apps.get_model("fleet", "TelemetrySample")
+    except LookupError:
+        return out
+    device_model = apps.get_model("fleet", "Device")
+    latest = sample_model.objects.filter(device_id=OuterRef("pk")).order_by("-ts")
+    for i in range(0, len(ids), 500):
+        rows = (device_model.objects.filter(pk__in=ids[i:i + 500])
+                .annotate(**{f"s_{f}": Subquery(latest.values(f)[:1]) for f in _SAMPLE_FIELDS},
+                          s_ts=Subquery(latest.values("ts")[:1]))
+                .values("pk", "s_ts", *(f"s_{f}" for f in _SAMPLE_FIELDS)))
+        for row in rows:
+            if row["s_ts"] is not None:
+                out[row["pk"]] = SimpleNamespace(**{f: row[f"s_{f}"] for f in _SAMPLE_FIELDS})
+    return out
+
+
+def device_resources(device, sample=NOT_FETCHED) -> DeviceResources:
     """Free disk and available memory from the latest telemetry when there is some, else the
-    inventory's totals; execution providers from the inventory."""
-    sample = sample if sample is not None else latest_sample(device)
+    inventory's totals; execution providers from the inventory. ``sample``: the latest sample
+    when the caller fetched it already (None: the device has none)."""
+    sample = latest_sample(device) if sample is NOT_FETCHED else sample
     free_disk, disk_source = device.disk_total_bytes, "inventory total" if device.disk_total_bytes else "unknown"
     memory, memory_source = device.memory_total_bytes, "inventory total" if device.memory_total_bytes else "unknown"
     if sample is not None:
@@ -86,8 +118,10 @@ class Placer:
         self.candidates = [candidate_of(v) for v in deployable_variants(version)] if version else []
         self._latency_cache: dict[tuple[str, str], dict[str, float]] = {}
 
-    def choose(self, device) -> Choice:
-        resources = device_resources(device)
+    def choose(self, device, sample=NOT_FETCHED) -> Choice:
+        """The variant for ``device``; pass its latest ``sample`` (from :func:`latest_samples`)
+        when placing many devices."""
+        resources = device_resources(device, sample)
         if self.policy == "pinned":
             if self.pinned is None or not self.pinned.deployable:
                 return Choice(None, "the pinned variant is not deployable (verified and signed)",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import datetime
 
 from django.db import transaction
@@ -227,25 +227,32 @@ def prepare(deployment_id, *, now: datetime | None = None) -> str:
 
 
 def release(deployment: Deployment, phase: int, *, now: datetime) -> int:
-    """Place and assign every pending device of phases up to ``phase``. Returns how many."""
+    """Place and assign every pending device of phases up to ``phase``. Returns how many.
+
+    Batched: one query for the devices' latest telemetry per 500 devices, one locking read of
+    their older current assignments, and bulk updates, so releasing the 50 % → 100 % phase of a
+    10,000-device fleet takes seconds, not minutes, inside the deployment's lock."""
     pending = list(
         deployment.assignments.select_related("device").filter(state=AssignmentState.PENDING, phase__lte=phase)
     )
     if not pending:
         return 0
     placer = placement_data.Placer(deployment.resolved_version, deployment.variant_policy, deployment.pinned_variant)
-    touched = []
+    samples = placement_data.latest_samples([a.device_id for a in pending])
+    placed, incompatible = [], []
     for a in pending:
-        choice = placer.choose(a.device)
-        a.reason, a.reason_detail = choice.reason, choice.detail
+        choice = placer.choose(a.device, samples.get(a.device_id))
+        a.reason, a.reason_detail, a.updated_at = choice.reason, choice.detail, now
         if choice.variant_id is None:
             a.state = AssignmentState.INCOMPATIBLE
-            a.save(update_fields=["state", "reason", "reason_detail", "updated_at"])
-            continue
-        a.variant_id = choice.variant_id
-        make_current(a, now=now)
-        touched.append(a.device_id)
-    desired_state.bump(touched)
+            incompatible.append(a)
+        else:
+            a.variant_id = choice.variant_id
+            placed.append(a)
+    _update_in_chunks([a.pk for a in incompatible], state=AssignmentState.INCOMPATIBLE, updated_at=now)
+    _write_reasons(incompatible)
+    make_current_many(placed, now=now)
+    desired_state.bump(a.device_id for a in placed)
     return len(pending)
 
 
@@ -260,19 +267,73 @@ def running_variant_id(a: DeviceAssignment):
 
 
 def make_current(a: DeviceAssignment, *, now: datetime) -> None:
-    """Make ``a`` the device's assignment for its model; the older one is superseded and what it
-    ran becomes ``a``'s rollback target. The caller bumps the device's desired state."""
-    old = (DeviceAssignment.objects.select_for_update()
-           .filter(device_id=a.device_id, model_id=a.model_id, current=True).exclude(pk=a.pk).first())
-    a.previous_variant_id = running_variant_id(old) if old else None
-    if old is not None:
-        old.current = False
+    """Make ``a`` the device's assignment for its model (see :func:`make_current_many`)."""
+    make_current_many([a], now=now)
+
+
+def make_current_many(assignments: list[DeviceAssignment], *, now: datetime) -> None:
+    """Make each assignment its device's current one for its model; the older current one is
+    superseded and what it ran becomes the new assignment's rollback target. The caller bumps
+    the devices' desired state. Older ones are updated first (one current per device and model
+    is a database constraint)."""
+    if not assignments:
+        return
+    by_key = {(a.device_id, a.model_id): a for a in assignments}
+    models = {a.model_id for a in assignments}
+    olds = []
+    device_ids = list({a.device_id for a in assignments})
+    for i in range(0, len(device_ids), 500):
+        olds += list(DeviceAssignment.objects.select_for_update()
+                     .filter(device_id__in=device_ids[i:i + 500], model_id__in=models, current=True)
+                     .exclude(pk__in=[a.pk for a in assignments]))
+    for a in assignments:
+        if not a.current:  # a retried assignment already current keeps its rollback target
+            a.previous_variant_id = None
+    by_state: dict[str, list] = defaultdict(list)
+    for old in olds:
+        a = by_key.get((old.device_id, old.model_id))
+        if a is None:
+            continue
+        a.previous_variant_id = running_variant_id(old)
+        old.current, old.updated_at = False, now
         if old.state in (*IN_PROGRESS, AssignmentState.INSTALLED):
             old.state = AssignmentState.SUPERSEDED
-        old.save(update_fields=["current", "state", "updated_at"])
-    a.current, a.state, a.assigned_at = True, AssignmentState.ASSIGNED, now
-    a.error, a.progress = "", None
-    a.save()
+        by_state[old.state].append(old.pk)
+    # Django's bulk_update writes CASE expressions and costs ~30 ms per row here; the values are
+    # shared by many rows, so one UPDATE per distinct value does it in a few statements.
+    for state, pks in by_state.items():
+        _update_in_chunks(pks, current=False, state=state, updated_at=now)
+    for a in assignments:
+        a.current, a.state, a.assigned_at, a.updated_at = True, AssignmentState.ASSIGNED, now, now
+        a.error, a.progress = "", None
+    by_variants: dict[tuple, list] = defaultdict(list)
+    for a in assignments:
+        by_variants[(a.variant_id, a.previous_variant_id)].append(a.pk)
+    for (variant_id, previous_id), pks in by_variants.items():
+        _update_in_chunks(pks, current=True, state=AssignmentState.ASSIGNED, assigned_at=now, updated_at=now,
+                          error="", progress=None, variant_id=variant_id, previous_variant_id=previous_id)
+    _write_reasons(assignments)
+
+
+def _update_in_chunks(pks: list, **values) -> None:
+    for i in range(0, len(pks), 500):
+        DeviceAssignment.objects.filter(pk__in=pks[i:i + 500]).update(**values)
+
+
+def _write_reasons(assignments: list[DeviceAssignment]) -> None:
+    """Each assignment's own ``reason`` and ``reason_detail``: one prepared statement, many rows."""
+    if not assignments:
+        return
+    from django.db import connection
+
+    meta = DeviceAssignment._meta
+    fields = [meta.get_field(n) for n in ("reason", "reason_detail", "id")]
+    sql = (f"UPDATE {connection.ops.quote_name(meta.db_table)} SET "
+           f"{connection.ops.quote_name(fields[0].column)} = %s, {connection.ops.quote_name(fields[1].column)} = %s "
+           f"WHERE {connection.ops.quote_name(fields[2].column)} = %s")
+    rows = [[f.get_db_prep_save(getattr(a, f.attname), connection) for f in fields] for a in assignments]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
 
 # --- the beat step ------------------------------------------------------------------------------
@@ -355,9 +416,10 @@ def advance(deployment_id, *, now: datetime | None = None) -> str:
 def _add_new_targets(d: Deployment, *, now: datetime) -> None:
     """Devices that started matching the target after the start join the current phase."""
     known = set(d.assignments.values_list("device_id", flat=True))
-    new = [dev for dev in targeted_devices(d) if dev.pk not in known]
-    if not new:
+    new_ids = [pk for pk in targeted_devices(d).values_list("pk", flat=True) if pk not in known]
+    if not new_ids:
         return
+    new = list(Device.objects.filter(pk__in=new_ids))
     start_order = len(known)
     DeviceAssignment.objects.bulk_create([
         DeviceAssignment(deployment=d, device=dev, model_id=d.model_id, order=start_order + i,

@@ -247,3 +247,44 @@ def test_a_deployment_paused_while_preparing_releases_its_phase_on_resume(fleet1
     d = rollouts.resume(None, d, now=at(2))
     assert rollouts.advance(d.pk, now=at(3)) == "waiting"  # released now, gate not passed
     assert len(released(d)) == 1 and Deployment.objects.get(pk=d.pk).current_phase == 0
+
+
+def test_release_places_on_the_latest_telemetry_of_each_device(digits):
+    """Placement in bulk (one telemetry query for the phase) reads each device's latest sample:
+    a device whose disk is nearly full by telemetry gets the small variant, not the big one."""
+    from .telemetry_helpers import sample, store
+
+    model, version, _ = digits  # the small file from the fixture (a few KB)
+    big = add_variant(version, "big", size_bytes=2 * 1024**3, p50=0.5,  # faster, 2 GiB
+                      peak_memory_bytes=100 * 1024**2)
+    roomy = make_device("roomy", labels={"site": "berlin"}, disk=64 * 1024**3)
+    full = make_device("full", labels={"site": "berlin"}, disk=64 * 1024**3)
+    store(full.pk, [sample(1, disk_used_bytes=63 * 1024**3, disk_total_bytes=64 * 1024**3)])
+    store(roomy.pk, [sample(1, disk_used_bytes=1 * 1024**3, disk_total_bytes=64 * 1024**3)])
+    d = rollouts.start(None, deployment(model, phases=["100%"]), now=at(0))
+    got = {a.device.name: a for a in released(d)}
+    assert got["roomy"].variant_id == big.pk
+    assert got["full"].variant_id != big.pk
+    assert got["full"].reason_detail["resources"]["disk_source"] == "telemetry"
+
+
+def test_retry_failed_sends_the_variant_again_and_keeps_the_rollback_target(fleet10, digits):
+    model, version, v1 = digits
+    devices = fleet10[:2]
+    old = Deployment.objects.create(model=model, target_kind="devices", phases=["100%"], soak_seconds=0)
+    old.target_devices.set(devices)
+    old = rollouts.start(None, old, now=at(0))
+    for a in released(old):
+        report(a, "installed")
+    _, version2 = make_model(version=2)
+    v2 = add_variant(version2)
+    new = Deployment.objects.create(model=model, target_kind="devices", phases=["100%"], soak_seconds=0,
+                                    error_threshold="100%")
+    new.target_devices.set(devices)
+    new = rollouts.start(None, new, now=at(10))
+    failed = released(new)[0]
+    report(failed, "failed", error="health check failed")
+    assert rollouts.retry_failed(None, new, now=at(20)) == 1
+    failed.refresh_from_db()
+    assert failed.state == AssignmentState.ASSIGNED and failed.current
+    assert failed.variant_id == v2.pk and failed.previous_variant_id == v1.pk
