@@ -29,33 +29,10 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from bench.common import cpu_seconds, free_port, sh  # noqa: E402
 from fleet import simulator  # noqa: E402  (plain Python, no Django)
 
 PY = str(REPO / ".venv" / "bin" / "python")
-
-
-def sh(*args, env=None, check=True, capture=True) -> str:
-    done = subprocess.run(args, env=env, cwd=REPO, capture_output=capture, text=True, check=False)
-    if check and done.returncode:
-        raise SystemExit(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return done.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def psql(db_url: str, sql: str) -> str:
