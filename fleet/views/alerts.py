@@ -6,13 +6,13 @@ from __future__ import annotations
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 
-from fleet import audit
 from fleet.forms import LabelsField, labels_text
 from fleet.roles import OPERATOR, has_role
+from fleet.telemetry import rules
 
 from ._base import client_ip, forbidden, optional_model, page_or_fragment, require_role
 
@@ -68,16 +68,19 @@ def rule_edit(request, pk=None):
             return forbidden(request, OPERATOR)
         form = Form(request.POST, instance=rule)
         if form.is_valid():
-            with transaction.atomic():
-                before = rule.snapshot() if rule else None
-                saved = form.save(commit=False)
+            # The same service as the API: validation, row lock and audit live there.
+            data = {k: v for k, v in form.cleaned_data.items() if k in rules.FIELDS}
+            try:
                 if rule is None:
-                    saved.created_by = request.user
-                saved.save()
-                audit.record(request.user, "alert_rule.update" if rule else "alert_rule.create", saved,
-                             before=before, after=saved.snapshot(), ip=client_ip(request))
-            messages.success(request, f"Alert rule “{saved.name}” saved.")
-            return redirect("dashboard:alerts")
+                    saved = rules.create_rule(request.user, ip=client_ip(request), **data)
+                else:
+                    saved = rules.update_rule(request.user, rule, ip=client_ip(request), **data)
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    form.add_error(field if field in form.fields else None, errors)
+            else:
+                messages.success(request, f"Alert rule “{saved.name}” saved.")
+                return redirect("dashboard:alerts")
         status = 400
     else:
         initial = {"label_selector": labels_text(rule.label_selector)} if rule else {}
@@ -90,8 +93,6 @@ def rule_edit(request, pk=None):
 def rule_delete(request, pk):
     _, AlertRule = _models()
     rule = get_object_or_404(AlertRule, pk=pk)
-    with transaction.atomic():
-        audit.record(request.user, "alert_rule.delete", rule, before=rule.snapshot(), ip=client_ip(request))
-        rule.delete()
+    rules.delete_rule(request.user, rule, ip=client_ip(request))
     messages.success(request, f"Alert rule “{rule.name}” deleted.")
     return redirect("dashboard:alerts")
