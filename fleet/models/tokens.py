@@ -30,16 +30,6 @@ class EnrollmentToken(models.Model):
     def __str__(self) -> str:
         return f"{self.prefix}… {self.description}".strip()
 
-    def refusal(self) -> str | None:
-        """Why this token cannot enroll a new device now, or None when it can."""
-        if self.revoked_at is not None:
-            return "enrollment token has been revoked"
-        if self.expires_at is not None and self.expires_at <= timezone.now():
-            return f"enrollment token expired at {self.expires_at.isoformat()}"
-        if self.max_uses is not None and self.uses >= self.max_uses:
-            return f"enrollment token has been used up ({self.uses} of {self.max_uses} uses)"
-        return None
-
     @property
     def state(self) -> str:
         """valid, revoked, expired or used_up."""
@@ -50,6 +40,15 @@ class EnrollmentToken(models.Model):
         if self.max_uses is not None and self.uses >= self.max_uses:
             return "used_up"
         return "valid"
+
+    def refusal(self) -> str | None:
+        """Why this token cannot enroll a new device now, or None when it can."""
+        return {
+            "valid": None,
+            "revoked": "enrollment token has been revoked",
+            "expired": f"enrollment token expired at {self.expires_at.isoformat() if self.expires_at else ''}",
+            "used_up": f"enrollment token has been used up ({self.uses} of {self.max_uses} uses)",
+        }[self.state]
 
     def snapshot(self) -> dict:
         return {
