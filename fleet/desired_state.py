@@ -3,8 +3,9 @@ reports it sends back.
 
 Cost: 10,000 devices polling every 30 s is about 330 requests/s. The ETag is a counter per
 device (:class:`~fleet.models.DesiredStateVersion`), bumped by every change to the device's
-current assignments, so an unchanged poll costs one primary-key lookup after authentication and
-is answered 304. Only a changed state builds the document (three queries).
+current assignments, so an unchanged poll costs one query (the token check joined with the
+counter: ``fleet.api.agent_deployments.DesiredStateAuthentication``) and is answered 304. Only a
+changed state builds the document (three queries).
 """
 
 from __future__ import annotations
@@ -48,11 +49,6 @@ def bump(device_ids: Iterable) -> None:
     missing = [DesiredStateVersion(device_id=uuid.UUID(i), generation=1) for i in ids if i not in updated]
     if missing:
         DesiredStateVersion.objects.bulk_create(missing, ignore_conflicts=True)
-
-
-def generation(device) -> int:
-    return (DesiredStateVersion.objects.filter(device_id=device.pk).values_list("generation", flat=True)
-            .first()) or 0
 
 
 def etag(device, gen: int) -> str:
@@ -139,26 +135,82 @@ def _parse_ts(value) -> datetime | None:
 def apply_report(device, report: dict, *, now: datetime | None = None) -> dict:
     """Record one progress report (idempotent on ``report_id``) and move the matching
     assignment on. Returns ``{"report_id", "accepted", "duplicate", "state"}``."""
+    return apply_reports(device, [report], now=now)[0]
+
+
+def apply_reports(device, reports: list[dict], *, now: datetime | None = None) -> list[dict]:
+    """Record a device's batch of reports (an agent sends the steps of an install together) in one
+    transaction: the device's assignments for the models named are locked once, replays
+    (``report_id`` seen before, or twice in the batch) are answered as duplicates without being
+    applied again, the new reports are inserted together and each touched assignment is saved
+    once. Returns one result per report, in order (see :func:`apply_report`).
+
+    A concurrent replay of the same batch that slips past the duplicate check (possible only for
+    reports no assignment matches: those lock nothing) fails the insert; the batch is then applied
+    report by report, each in its own savepoint."""
     now = now or timezone.now()
-    report_id = str(report.get("report_id") or uuid.uuid4().hex)[:64]
-    state = report["state"]
-    variant_id = report.get("variant_id")
-    bench = report.get("benchmark") or {}
+    items = [(str(r.get("report_id") or uuid.uuid4().hex)[:64], r) for r in reports]
     try:
         with transaction.atomic():
-            a = (DeviceAssignment.objects.select_for_update().select_related("model")
-                 .filter(device_id=device.pk, current=True, model__name=report.get("model", "")).first())
-            accepted = a is not None and _matches(a, variant_id)
-            row = DeploymentReport.objects.create(
-                device_id=device.pk, assignment=a if accepted else None, report_id=report_id,
-                model_name=str(report.get("model", ""))[:100], variant_id=variant_id, state=state,
-                progress=report.get("progress"), error=str(report.get("error") or "")[:4000],
-                benchmark=bench, accepted=accepted, reported_at=_parse_ts(report.get("ts")),
-            )
-            new_state = _transition(a, row, bench, device, now) if accepted else None
+            return _apply_batch(device, items, now)
+    except IntegrityError:
+        return [_apply_one(device, report_id, r, now) for report_id, r in items]
+
+
+def _apply_batch(device, items: list[tuple[str, dict]], now: datetime) -> list[dict]:
+    names = {str(r.get("model", "")) for _, r in items}
+    # of=("self",): lock this device's assignments only, not the model row every device
+    # shares (that serialised all reports of a rollout on PostgreSQL).
+    assignments = {a.model.name: a for a in DeviceAssignment.objects.select_for_update(of=("self",))
+                   .select_related("model").filter(device_id=device.pk, current=True, model__name__in=names)}
+    seen = set(DeploymentReport.objects.filter(device_id=device.pk, report_id__in=[i for i, _ in items])
+               .values_list("report_id", flat=True))
+    results, rows, touched = [], [], {}
+    for report_id, r in items:
+        if report_id in seen:
+            results.append({"report_id": report_id, "accepted": False, "duplicate": True, "state": None})
+            continue
+        seen.add(report_id)
+        a = assignments.get(str(r.get("model", "")))
+        accepted = a is not None and _matches(a, r.get("variant_id"))
+        row = _report_row(device, a if accepted else None, report_id, r)
+        rows.append(row)
+        state = None
+        if accepted:
+            touched.setdefault(a.pk, (a, a.state))
+            state = _transition(a, row, r.get("benchmark") or {}, device, now)
+        results.append({"report_id": report_id, "accepted": accepted, "duplicate": False, "state": state})
+    DeploymentReport.objects.bulk_create(rows)
+    for a, before in touched.values():
+        _finish(a, before, device)
+    return results
+
+
+def _apply_one(device, report_id: str, r: dict, now: datetime) -> dict:
+    try:
+        with transaction.atomic():
+            a = (DeviceAssignment.objects.select_for_update(of=("self",)).select_related("model")
+                 .filter(device_id=device.pk, current=True, model__name=r.get("model", "")).first())
+            accepted = a is not None and _matches(a, r.get("variant_id"))
+            row = _report_row(device, a if accepted else None, report_id, r)
+            row.save()
+            if not accepted:
+                return {"report_id": report_id, "accepted": False, "duplicate": False, "state": None}
+            before = a.state
+            state = _transition(a, row, r.get("benchmark") or {}, device, now)
+            _finish(a, before, device)
     except IntegrityError:
         return {"report_id": report_id, "accepted": False, "duplicate": True, "state": None}
-    return {"report_id": report_id, "accepted": accepted, "duplicate": False, "state": new_state}
+    return {"report_id": report_id, "accepted": True, "duplicate": False, "state": state}
+
+
+def _report_row(device, a: DeviceAssignment | None, report_id: str, r: dict) -> DeploymentReport:
+    return DeploymentReport(
+        device_id=device.pk, assignment=a, report_id=report_id, model_name=str(r.get("model", ""))[:100],
+        variant_id=r.get("variant_id"), state=r["state"], progress=r.get("progress"),
+        error=str(r.get("error") or "")[:4000], benchmark=r.get("benchmark") or {}, accepted=a is not None,
+        reported_at=_parse_ts(r.get("ts")),
+    )
 
 
 def _matches(a: DeviceAssignment, variant_id) -> bool:
@@ -169,12 +221,10 @@ def _matches(a: DeviceAssignment, variant_id) -> bool:
 def _transition(a: DeviceAssignment, r: DeploymentReport, bench: dict, device, now) -> str:
     """Apply a report to its assignment. Reports about the deployment's variant move it through
     downloading → verifying → checking → installed/failed; reports about the rollback target
-    (or about nothing, when rolling back to nothing) finish a rollback."""
-    from . import rollouts
-
+    (or about nothing, when rolling back to nothing) finish a rollback. The caller saves ``a``
+    (:func:`_finish`)."""
     state = r.state
     about_new = str(r.variant_id) == str(a.variant_id) if r.variant_id else a.variant_id is None
-    before = a.state
     if a.state in (AssignmentState.ROLLING_BACK, AssignmentState.ROLLED_BACK):
         if state in ("rolled_back", "removed") or (state == "installed" and not about_new):
             a.state, a.finished_at = AssignmentState.ROLLED_BACK, now
@@ -202,12 +252,18 @@ def _transition(a: DeviceAssignment, r: DeploymentReport, bench: dict, device, n
                       "p50_ms": a.benchmark_p50_ms, "p95_ms": a.benchmark_p95_ms,
                       "peak_rss_bytes": a.peak_rss_bytes, "measured_at": now},
         )
+    return a.state
+
+
+def _finish(a: DeviceAssignment, before: str, device) -> None:
+    """Save an assignment the reports moved on (once per batch) and act on where it ended up."""
+    from . import rollouts
+
     a.save()
-    if a.state != before and a.state in (AssignmentState.FAILED,):
+    if a.state != before and a.state == AssignmentState.FAILED:
         bump([device.pk])  # the device's desired state falls back to its previous variant
     if a.state == AssignmentState.INSTALLED and before != AssignmentState.INSTALLED:
         transaction.on_commit(lambda: rollouts.reevaluate_device(device))
-    return a.state
 
 
 def _float(value) -> float | None:

@@ -437,6 +437,53 @@ def advance_all(*, now: datetime | None = None) -> dict:
 # --- operator actions ---------------------------------------------------------------------------
 
 
+# --- drafts --------------------------------------------------------------------------------------
+# The API (fleet.api.deployments) and the dashboard (fleet.views.deployments) validate their input
+# into an unsaved Deployment (the model's clean() holds the rules); these save it and audit it.
+
+
+def create(user, deployment: Deployment, *, target_devices=(), ip: str | None = None) -> Deployment:
+    """Save a new draft with its explicit targets (``target_kind="devices"``), audited."""
+    with transaction.atomic():
+        if getattr(user, "is_authenticated", False) and getattr(user, "pk", None) is not None:
+            deployment.created_by = user
+        deployment.save()
+        if deployment.target_kind == TargetKind.DEVICES:
+            deployment.target_devices.set(target_devices)
+        audit.record(user, "deployment.create", deployment, after=deployment.snapshot(), ip=ip)
+    return deployment
+
+
+def update_draft(user, deployment: Deployment, changes: dict, *, target_devices=None,
+                 ip: str | None = None) -> Deployment:
+    """Change a draft's fields (and, when given, its explicit targets); a started deployment
+    cannot be edited (RolloutError)."""
+    with transaction.atomic():
+        d = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        if d.state != DeploymentState.DRAFT:
+            raise RolloutError(f"only drafts can be edited; this deployment is {d.state}")
+        before = d.snapshot()
+        for name, value in changes.items():
+            setattr(d, name, value)
+        d.save()
+        if target_devices is not None:
+            d.target_devices.set(target_devices)
+        audit.record(user, "deployment.update", d, before=before, after=d.snapshot(), ip=ip)
+    return d
+
+
+def delete_draft(user, deployment: Deployment, *, ip: str | None = None) -> None:
+    with transaction.atomic():
+        d = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        if d.state != DeploymentState.DRAFT:
+            raise RolloutError("only drafts can be deleted; abort or roll back a started deployment")
+        audit.record(user, "deployment.delete", d, before=d.snapshot(), ip=ip)
+        d.delete()
+
+
+# --- actions on a deployment ---------------------------------------------------------------------
+
+
 def _act(user, deployment: Deployment, action: str, allowed: tuple, ip: str | None, change) -> Deployment:
     with transaction.atomic():
         d = Deployment.objects.select_for_update().get(pk=deployment.pk)
@@ -531,7 +578,9 @@ def reevaluate_device(device: Device, *, now: datetime | None = None) -> int:
     now = now or timezone.now()
     changed = 0
     with transaction.atomic():
-        rows = list(DeviceAssignment.objects.select_for_update().select_related("deployment", "device")
+        # Lock the device's assignments only: not the deployment row (``advance`` holds it while
+        # it releases a phase) nor the device.
+        rows = list(DeviceAssignment.objects.select_for_update(of=("self",)).select_related("deployment", "device")
                     .filter(device=device, current=True,
                             state__in=(AssignmentState.ASSIGNED, AssignmentState.INSTALLED),
                             deployment__variant_policy=VariantPolicy.AUTO,
@@ -539,6 +588,8 @@ def reevaluate_device(device: Device, *, now: datetime | None = None) -> int:
                                                    DeploymentState.COMPLETED)))
         for a in rows:
             placer = placement_data.Placer(a.deployment.resolved_version, VariantPolicy.AUTO, None)
+            if [str(c.variant_id) for c in placer.candidates] == [str(a.variant_id)]:
+                continue  # the only deployable variant is the one it runs: nothing to choose
             choice = placer.choose(a.device)
             if choice.variant_id is None or str(choice.variant_id) == str(a.variant_id):
                 continue

@@ -11,6 +11,11 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
         return {"type": "http", "scheme": "bearer", "bearerFormat": "efu_… (operator API token)"}
 
 
+# For views whose authentication class only speeds up DeviceTokenAuthentication (same tokens, same
+# rule; fleet.auth.LeanDeviceTokenAuthentication): ``@extend_schema(auth=DEVICE_TOKEN_SCHEME)``.
+DEVICE_TOKEN_SCHEME = [{"deviceToken": []}]
+
+
 class DeviceTokenScheme(OpenApiAuthenticationExtension):
     target_class = "fleet.auth.DeviceTokenAuthentication"
     name = "deviceToken"

@@ -180,6 +180,41 @@ def poll_fleet(pool, server, devices, *, procs, interval, duration, threads, sto
     return total, elapsed
 
 
+def _floor_worker(args):
+    """Back to back ``GET /healthz`` (Django and its middleware, no database) on ``threads``
+    keep-alive connections: the floor a desired-state poll is compared with."""
+    server, duration, threads = args
+    lat, lock = [], threading.Lock()
+    deadline = time.monotonic() + duration
+
+    def work():
+        transport, mine = rollout_sim.HttpTransport(server), []
+        while time.monotonic() < deadline:
+            t = time.perf_counter()
+            status, _, _ = transport.request("GET", "/healthz", token="")
+            assert status == 200, status
+            mine.append(time.perf_counter() - t)
+        transport.close()
+        with lock:
+            lat.extend(mine)
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return lat
+
+
+def floor_baseline(pool, server, *, procs, threads, duration) -> dict:
+    t0 = time.monotonic()
+    lat = [x for part in pool.map(_floor_worker, [(server, duration, threads)] * procs) for x in part]
+    elapsed = time.monotonic() - t0
+    return {"requests": len(lat), "requests_per_s": round(len(lat) / elapsed, 1),
+            "p50_ms": round(rollout_sim.percentile(lat, 50) * 1000, 2),
+            "p99_ms": round(rollout_sim.percentile(lat, 99) * 1000, 2)}
+
+
 # --- download -----------------------------------------------------------------------------------
 
 DOWNLOADER = r"""
@@ -384,6 +419,13 @@ def main() -> int:
                     row["offered_per_s"] = round(len(devices) / interval, 1)
                 results[name] = row
                 print(f"== {name}: {json.dumps(row)}", flush=True)
+            # Baseline in the same run, same server and connections: the cheapest request it
+            # answers (GET /healthz: the same middleware, no database), back to back.
+            cpu0, w0 = cpu_seconds(master), time.monotonic()
+            row = floor_baseline(pool, server, procs=args.procs, threads=args.threads, duration=args.sat_s)
+            row["server_cpu_cores"] = round((cpu_seconds(master) - cpu0) / (time.monotonic() - w0), 2)
+            results["floor_healthz"] = row
+            print(f"== floor (GET /healthz, back to back): {json.dumps(row)}", flush=True)
 
         if "converge" not in skip:
             stop_file = str(var_dir / "converge.stop")

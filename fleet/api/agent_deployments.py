@@ -19,6 +19,9 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from fleet import desired_state
+from fleet.auth import LeanDeviceTokenAuthentication
+from fleet.models import DesiredStateVersion
+from fleet.schema import DEVICE_TOKEN_SCHEME
 
 from .agent import DeviceAPIView
 
@@ -26,17 +29,28 @@ CHUNK = 256 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
+class DesiredStateAuthentication(LeanDeviceTokenAuthentication):
+    """The device token check and the device's desired-state generation in one statement: an
+    unchanged poll (the common case, 10,000 devices every 30 s) costs one query."""
+
+    extra = {"generation": ("v.generation",
+                            f"LEFT JOIN {DesiredStateVersion._meta.db_table} v ON v.device_id = d.id")}
+
+
 class DesiredStateView(DeviceAPIView):
+    authentication_classes = [DesiredStateAuthentication]
+
     @extend_schema(
         parameters=[OpenApiParameter("If-None-Match", OpenApiTypes.STR, OpenApiParameter.HEADER)],
         responses={200: OpenApiResponse(description="The desired state document (see docs/deployments.md)"),
                    304: OpenApiResponse(description="Unchanged since the ETag sent in If-None-Match")},
+        auth=DEVICE_TOKEN_SCHEME,
         summary="The models this device should run",
         tags=["agent"],
     )
     def get(self, request):
         device = self.device
-        gen = desired_state.generation(device)
+        gen = request.auth["generation"] or 0  # no row yet: nothing was ever assigned
         tag = desired_state.etag(device, gen)
         if tag in _etags(request.META.get("HTTP_IF_NONE_MATCH", "")):
             resp = HttpResponse(status=304)
@@ -96,6 +110,8 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
 
 
 class ArtifactView(DeviceAPIView):
+    authentication_classes = [LeanDeviceTokenAuthentication]
+
     @extend_schema(
         parameters=[OpenApiParameter("Range", OpenApiTypes.STR, OpenApiParameter.HEADER,
                                      description="bytes=START-[END] (one range)")],
@@ -104,6 +120,7 @@ class ArtifactView(DeviceAPIView):
                    403: OpenApiResponse(description="Not assigned to this device"),
                    404: OpenApiResponse(description="No such variant"),
                    416: OpenApiResponse(description="Range not satisfiable")},
+        auth=DEVICE_TOKEN_SCHEME,
         summary="Download a variant assigned to this device",
         tags=["agent"],
     )
@@ -187,11 +204,11 @@ class ReportsView(DeviceAPIView):
             data = {"reports": [data]}  # a single report is accepted as is
         ser = ReportsRequest(data=data)
         ser.is_valid(raise_exception=True)
-        results = []
+        reports = []
         for report in ser.validated_data["reports"]:
             report = dict(report)
             if report.get("variant_id") is not None:
                 report["variant_id"] = str(report["variant_id"])
             report["benchmark"] = dict(report.get("benchmark") or {})
-            results.append(desired_state.apply_report(self.device, report))
-        return Response({"results": results})
+            reports.append(report)
+        return Response({"results": desired_state.apply_reports(self.device, reports)})

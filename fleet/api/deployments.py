@@ -4,7 +4,6 @@ the per-deployment device list and the per-device deployment history. Thin over 
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
@@ -13,7 +12,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 
 from compression.models import AIModel, ModelVersion, Variant
-from fleet import audit, rollouts
+from fleet import rollouts
 from fleet.audit import client_ip
 from fleet.models import Deployment, DeploymentReport, DeploymentState, Device, DeviceAssignment
 from fleet.models.deployments import TargetKind, VariantPolicy, default_phases
@@ -131,10 +130,10 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
 
     def perform_create(self, serializer):
-        with transaction.atomic():
-            obj = serializer.save(created_by=self.request.user)
-            audit.record(self.request.user, "deployment.create", obj, after=obj.snapshot(),
-                         ip=client_ip(self.request))
+        data = dict(serializer.validated_data)
+        devices = data.pop("target_devices", [])
+        serializer.instance = rollouts.create(self.request.user, Deployment(**data), target_devices=devices,
+                                              ip=client_ip(self.request))
 
     def retrieve(self, request, *args, **kwargs):
         obj = self.get_object()
@@ -143,24 +142,23 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
 
     def update(self, request, *args, **kwargs):
         obj = self.get_object()
-        if obj.state != DeploymentState.DRAFT:
+        if obj.state != DeploymentState.DRAFT:  # before validation: the body does not matter then
             return self._conflict(f"only drafts can be edited; this deployment is {obj.state}")
-        before = obj.snapshot()
         ser = self.get_serializer(obj, data=request.data, partial=True)
         ser.is_valid(raise_exception=True)
-        with transaction.atomic():
-            obj = ser.save()
-            audit.record(request.user, "deployment.update", obj, before=before, after=obj.snapshot(),
-                         ip=client_ip(request))
+        changes = dict(ser.validated_data)
+        devices = changes.pop("target_devices", None)
+        try:
+            obj = rollouts.update_draft(request.user, obj, changes, target_devices=devices, ip=client_ip(request))
+        except rollouts.RolloutError as exc:  # started meanwhile
+            return self._conflict(exc)
         return Response(self.get_serializer(obj).data)
 
     def destroy(self, request, *args, **kwargs):
-        obj = self.get_object()
-        if obj.state != DeploymentState.DRAFT:
-            return self._conflict("only drafts can be deleted; abort or roll back a started deployment")
-        with transaction.atomic():
-            audit.record(request.user, "deployment.delete", obj, before=obj.snapshot(), ip=client_ip(request))
-            obj.delete()
+        try:
+            rollouts.delete_draft(request.user, self.get_object(), ip=client_ip(request))
+        except rollouts.RolloutError as exc:
+            return self._conflict(exc)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def _run(self, func, *args, **kwargs) -> Response:

@@ -1,7 +1,7 @@
 """Telemetry endpoints: the agent's report, and the operators' series, summary, rules and alerts.
 
 The agent endpoint keeps DRF's permissions (active device) and its authentication rule, checked
-by one raw query (``TelemetryTokenAuthentication``), and reads and answers raw JSON: no parser, no
+by one raw query (``fleet.auth.LeanDeviceTokenAuthentication``), and reads and answers raw JSON: no parser, no
 serializer per sample, no renderer (see ``fleet.telemetry.ingest`` for why and for the batch
 semantics, docs/telemetry.md for the cost of a report).
 """
@@ -9,7 +9,6 @@ semantics, docs/telemetry.md for the cost of a report).
 from __future__ import annotations
 
 import json
-import uuid
 import zlib
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +16,6 @@ import django_filters
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import InterfaceError, OperationalError, connection
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -29,14 +27,14 @@ from drf_spectacular.utils import (
     extend_schema,
     inline_serializer,
 )
-from rest_framework import exceptions, mixins, serializers, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fleet.audit import client_ip
-from fleet.auth import DevicePrincipal, DeviceTokenAuthentication, _bearer
-from fleet.models import METRICS, Alert, AlertRule, Device, DeviceCredential, PresenceEvent
-from fleet.secrets import DEVICE_PREFIX, hash_token
+from fleet.auth import LeanDeviceTokenAuthentication
+from fleet.models import METRICS, Alert, AlertRule, Device, PresenceEvent
+from fleet.schema import DEVICE_TOKEN_SCHEME
 from fleet.telemetry import ingest, queries, rules
 from fleet.timeutil import UTCDateTimeFilter, to_utc
 
@@ -66,65 +64,12 @@ TelemetryError = inline_serializer("TelemetryError", {
 })
 
 
-_TOKEN_SQL = (
-    f"SELECT d.id, d.name, d.status FROM {DeviceCredential._meta.db_table} c "
-    f"JOIN {Device._meta.db_table} d ON d.id = c.device_id "
-    "WHERE c.token_hash = %s AND c.revoked_at IS NULL"
-)
-
-
-class TelemetryTokenAuthentication(DeviceTokenAuthentication):
-    """The device token check of ``DeviceTokenAuthentication``, cut to one SQL statement.
-
-    Same rule (an unrevoked credential with this SHA-256 digest) and the same answers, but the
-    credential and three columns of its device come back from one raw query instead of an ORM
-    query that builds the whole device (its JSON inventory included) on every report. Nothing is
-    cached: revoking a credential, rotating it, or changing the device's status takes effect on the
-    very next report.
-
-    The query also serves as the connection's health check: Django's ``CONN_HEALTH_CHECKS`` would
-    spend one more round trip (``SELECT 1``) per request on a persistent connection; instead, a
-    connection that turns out to be dead is closed and the query retried once on a new one."""
-
-    def authenticate(self, request):
-        token = _bearer(request, keywords=("bearer",))
-        if token is None:
-            return None
-        if not token.startswith(DEVICE_PREFIX):
-            raise exceptions.AuthenticationFailed("This endpoint takes a device token (efd_…).")
-        digest = hash_token(token)
-        fresh_check = connection.connection is None or connection.health_check_done
-        connection.health_check_done = True
-        try:
-            row = self._lookup(digest)
-        except (InterfaceError, OperationalError):
-            if fresh_check or not connection.get_autocommit():
-                raise
-            connection.close()  # a persistent connection the server dropped: reconnect once
-            row = self._lookup(digest)
-        if row is None:
-            raise exceptions.AuthenticationFailed(
-                "Device token is invalid or revoked; enroll the device again."
-            )
-        device_id, name, status_ = row
-        if not isinstance(device_id, uuid.UUID):
-            device_id = uuid.UUID(device_id)  # SQLite keeps UUIDs as text
-        device = Device.from_db(connection.alias, ["id", "name", "status"], [device_id, name, status_])
-        return DevicePrincipal(device), None
-
-    @staticmethod
-    def _lookup(digest: str):
-        with connection.cursor() as cur:
-            cur.execute(_TOKEN_SQL, [digest])
-            return cur.fetchone()
-
-
 def _bad(detail: str, code: int = 400) -> JsonResponse:
     return JsonResponse({"detail": detail, "code": "invalid_telemetry"}, status=code)
 
 
 class TelemetryView(DeviceAPIView):
-    authentication_classes = [TelemetryTokenAuthentication]
+    authentication_classes = [LeanDeviceTokenAuthentication]
 
     @extend_schema(
         request=TelemetryRequest,
@@ -133,9 +78,7 @@ class TelemetryView(DeviceAPIView):
             400: OpenApiResponse(TelemetryError, description="Invalid batch; nothing stored. Do not retry as is."),
             413: OpenApiResponse(TelemetryError, description="Too many samples or too many bytes"),
         },
-        # The same scheme as every agent endpoint (``deviceToken``, described for
-        # DeviceTokenAuthentication in fleet/schema.py), which this class only speeds up.
-        auth=[{"deviceToken": []}],
+        auth=DEVICE_TOKEN_SCHEME,
         summary="Report a batch of health samples",
         description="Stores the whole batch or nothing. `acked_seq` is the highest seq the server "
                     "holds for this device. Accepts `Content-Encoding: gzip`.",

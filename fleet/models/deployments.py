@@ -160,13 +160,19 @@ class Deployment(models.Model):
         return self.state in (DeploymentState.ACTIVE, DeploymentState.PAUSED)
 
     def snapshot(self) -> dict:
-        return {
-            "state": self.state, "current_phase": self.current_phase, "model": self.model_id,
+        """What the audit log keeps of the deployment before and after a change."""
+        snap = {
+            "name": self.name, "state": self.state, "current_phase": self.current_phase, "model": self.model_id,
             "version": str(self.resolved_version_id or self.version_id or ""),
             "target_kind": self.target_kind, "target_labels": self.target_labels,
-            "variant_policy": self.variant_policy, "phases": self.phases,
-            "reason": self.state_reason,
+            "variant_policy": self.variant_policy,
+            "pinned_variant": str(self.pinned_variant_id) if self.pinned_variant_id else None,
+            "phases": self.phases, "success_share": self.success_share, "soak_seconds": self.soak_seconds,
+            "error_threshold": self.error_threshold, "reason": self.state_reason,
         }
+        if self.target_kind == TargetKind.DEVICES and self.pk is not None:
+            snap["target_devices"] = self.target_devices.count()
+        return snap
 
 
 class AssignmentState(models.TextChoices):
@@ -284,7 +290,9 @@ class VariantBenchmark(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["variant", "device"], name="fleet_variant_benchmark_unique"),
         ]
-        indexes = [models.Index(fields=["cpu_model", "arch"])]
+        # fleet.placement_data.class_latencies: the latest measurements of a variant on a class.
+        indexes = [models.Index(fields=["variant", "cpu_model", "arch", "-measured_at"],
+                                name="fleet_vbench_class_recent")]
 
     def __str__(self) -> str:
         return f"{self.variant_id} on {self.device_id}: {self.p50_ms} ms"

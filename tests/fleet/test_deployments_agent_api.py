@@ -10,8 +10,15 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from compression import signing, storage
-from fleet import healthchecks, rollouts
-from fleet.models import AssignmentState, Deployment, VariantBenchmark
+from fleet import healthchecks, rollouts, services
+from fleet.models import (
+    AssignmentState,
+    Deployment,
+    DeploymentReport,
+    Device,
+    DeviceStatus,
+    VariantBenchmark,
+)
 
 from .deploy_helpers import add_variant, agent_client, artifact_root, make_device, make_model  # noqa: F401
 
@@ -50,20 +57,37 @@ def test_desired_state_lists_the_assigned_variant_with_everything_to_install_it(
     assert 0.9 <= check["min_cosine"] < 1
 
 
-def test_unchanged_desired_state_is_a_304_with_two_queries(deployed):
+def test_unchanged_desired_state_is_a_304_with_one_query(deployed):
     client = agent_client(deployed["cams"][0])
     first = client.get("/api/v1/agent/desired-state")
     etag = first["ETag"]
     with CaptureQueriesContext(connection) as ctx:
         again = client.get("/api/v1/agent/desired-state", HTTP_IF_NONE_MATCH=etag)
     assert again.status_code == 304 and again["ETag"] == etag and not again.content
-    assert len(ctx.captured_queries) <= 2, [q["sql"] for q in ctx.captured_queries]
+    # The token check and the generation counter come back from one statement.
+    assert len(ctx.captured_queries) == 1, [q["sql"] for q in ctx.captured_queries]
 
     # A change to the device's assignments moves the ETag on.
     rollouts.roll_back(None, deployed["deployment"])
     changed = client.get("/api/v1/agent/desired-state", HTTP_IF_NONE_MATCH=etag)
     assert changed.status_code == 200 and changed["ETag"] != etag
     assert changed.json()["models"][0]["variant"] is None
+
+
+def test_an_etag_does_not_outlive_the_token_or_the_device_status(deployed):
+    """The one-statement check still refuses a revoked token and a disabled device, even when the
+    poll carries the right ETag (a 304 must not leak past authorization)."""
+    device = deployed["cams"][0]
+    client = agent_client(device)
+    etag = client.get("/api/v1/agent/desired-state")["ETag"]
+    Device.objects.filter(pk=device.pk).update(status=DeviceStatus.DISABLED)
+    refused = client.get("/api/v1/agent/desired-state", HTTP_IF_NONE_MATCH=etag)
+    assert refused.status_code == 403 and "disabled" in refused.json()["detail"]
+    Device.objects.filter(pk=device.pk).update(status=DeviceStatus.ACTIVE)
+    assert client.get("/api/v1/agent/desired-state", HTTP_IF_NONE_MATCH=etag).status_code == 304
+    services.revoke_device_credentials(None, device)
+    gone = client.get("/api/v1/agent/desired-state", HTTP_IF_NONE_MATCH=etag)
+    assert gone.status_code == 401 and "revoked" in gone.json()["detail"]
 
 
 def test_a_device_without_deployments_gets_an_empty_state(deployed):
@@ -143,6 +167,33 @@ def test_reports_move_the_assignment_and_are_idempotent(deployed):
     assert a.reports.count() == 3
 
 
+def test_a_batch_is_applied_once_even_when_replayed_or_repeated_inside(deployed):
+    cam, variant = deployed["cams"][1], deployed["variant"]
+    client = agent_client(cam)
+    steps = [{"report_id": f"b-{s}", "model": "digits", "variant_id": str(variant.pk), "state": s}
+             for s in ("downloading", "verifying", "checking")]
+    installed = {"report_id": "b-installed", "model": "digits", "variant_id": str(variant.pk),
+                 "state": "installed", "benchmark": {"p50_ms": 1.5}}
+    batch = {"reports": [*steps, steps[0], installed, {"report_id": "b-x", "model": "nope", "state": "failed"}]}
+    with CaptureQueriesContext(connection) as ctx:
+        first = client.post("/api/v1/agent/reports", batch, format="json")
+    assert first.status_code == 200, first.content
+    results = first.json()["results"]
+    assert [r["state"] for r in results] == ["downloading", "verifying", "checking", None, "installed", None]
+    assert [r["duplicate"] for r in results] == [False, False, False, True, False, False]
+    assert [r["accepted"] for r in results] == [True, True, True, False, True, False]
+    # One lock, one duplicate check, one insert, one save for the batch (not per report).
+    inserts = [q for q in ctx.captured_queries if q["sql"].startswith('INSERT INTO "fleet_deploymentreport"')]
+    assert len(inserts) == 1
+    a = deployed["deployment"].assignments.get(device=cam)
+    assert a.state == AssignmentState.INSTALLED and a.benchmark_p50_ms == 1.5
+    assert a.reports.count() == 4
+
+    replay = client.post("/api/v1/agent/reports", batch, format="json").json()["results"]
+    assert all(r["duplicate"] for r in replay)
+    assert DeploymentReport.objects.filter(device=cam).count() == 5  # 4 accepted + the unmatched one
+
+
 def test_reports_about_other_variants_are_kept_but_not_applied(deployed):
     cam = deployed["cams"][0]
     other = add_variant(deployed["version"], "fp16")
@@ -156,3 +207,28 @@ def test_malformed_reports_are_400(deployed):
     client = agent_client(deployed["cams"][0])
     assert client.post("/api/v1/agent/reports", {"model": "digits", "state": "exploded"},
                        format="json").status_code == 400
+
+
+def test_class_latency_is_the_median_of_the_latest_measurements(deployed):
+    """Placement reads the latest CLASS_SAMPLE measurements of a variant on a device class (a
+    bounded read per install), so an old slow cohort stops counting once newer devices report."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from fleet import placement_data
+
+    variant = deployed["variant"]
+    n = placement_data.CLASS_SAMPLE
+    now = timezone.now()
+    old = [make_device(f"old-{i}") for i in range(n // 2)]
+    new = [make_device(f"new-{i}") for i in range(n)]
+    VariantBenchmark.objects.bulk_create(
+        [VariantBenchmark(variant=variant, device=d, cpu_model=d.cpu_model, arch=d.arch, p50_ms=50.0,
+                          measured_at=now - timedelta(days=1)) for d in old]
+        + [VariantBenchmark(variant=variant, device=d, cpu_model=d.cpu_model, arch=d.arch, p50_ms=2.0 + i % 3,
+                            measured_at=now - timedelta(seconds=i)) for i, d in enumerate(new)])
+    cam = deployed["cams"][0]
+    latencies = placement_data.class_latencies([variant.pk], cam.cpu_model, cam.arch)
+    assert latencies == {str(variant.pk): 3.0}  # the old 50 ms cohort is outside the window
+    assert placement_data.class_latencies([variant.pk], "Other CPU", cam.arch) == {}

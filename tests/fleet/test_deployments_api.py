@@ -119,3 +119,23 @@ def test_start_queues_the_health_check_task_after_commit(setup, operator_api, mo
     assert not HealthCheck.objects.exists()  # not built in the request
     assert deploy_tasks.prepare_deployment.run(dep["id"]) == "prepared: 1 released"
     assert HealthCheck.objects.get(version=setup["version"]).samples > 0
+
+
+def test_a_draft_for_chosen_devices_is_edited_and_deleted_with_audit(setup, operator_api, operator):
+    body = {**BODY, "target_kind": "devices", "target_labels": {}, "target_devices": [str(setup["roomy"].pk)]}
+    created = operator_api.post("/api/v1/deployments/", body, format="json")
+    assert created.status_code == 201, created.content
+    dep = Deployment.objects.get(pk=created.json()["id"])
+    assert dep.created_by == operator and list(dep.target_devices.all()) == [setup["roomy"]]
+
+    moved = operator_api.patch(f"/api/v1/deployments/{dep.pk}/",
+                               {"target_devices": [str(setup["cramped"].pk)], "soak_seconds": 60}, format="json")
+    assert moved.status_code == 200 and moved.json()["target_devices"] == [str(setup["cramped"].pk)]
+    dep.refresh_from_db()
+    assert dep.soak_seconds == 60 and list(dep.target_devices.all()) == [setup["cramped"]]
+    update = AuditEvent.objects.get(action="deployment.update", object_id=str(dep.pk))
+    assert update.before["soak_seconds"] == 0 and update.after["soak_seconds"] == 60
+
+    assert operator_api.delete(f"/api/v1/deployments/{dep.pk}/").status_code == 204
+    assert not Deployment.objects.filter(pk=dep.pk).exists()
+    assert AuditEvent.objects.filter(action="deployment.delete", object_id=str(dep.pk)).exists()
