@@ -1,12 +1,9 @@
-"""Shared helpers of the dashboard views: page-or-fragment rendering, role checks, and guarded
-access to parts of the system that another module may not provide yet."""
+"""Shared helpers of the dashboard views: page-or-fragment rendering and role checks."""
 
 from __future__ import annotations
 
-import importlib
 from functools import wraps
 
-from django.apps import apps
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
@@ -14,8 +11,7 @@ from django.views.decorators.http import require_POST
 from fleet.audit import client_ip
 from fleet.roles import has_role
 
-__all__ = ["client_ip", "is_htmx", "optional_model", "optional_attr", "page_or_fragment",
-           "require_role", "forbidden"]
+__all__ = ["client_ip", "is_htmx", "page_or_fragment", "require_role", "forbidden"]
 
 
 def is_htmx(request) -> bool:
@@ -47,27 +43,3 @@ def require_role(role: str, *, post_only: bool = True):
 
     return decorator
 
-
-def optional_model(app_label: str, name: str):
-    """A model another engineer's module provides, or None while it does not exist yet."""
-    try:
-        return apps.get_model(app_label, name)
-    except LookupError:
-        return None
-
-
-def optional_attr(module: str, attr: str):
-    """A function from a module that may not exist yet (None then)."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return None
-    return getattr(mod, attr, None)
-
-
-def model_has_field(model, name: str) -> bool:
-    try:
-        model._meta.get_field(name)
-    except Exception:
-        return False
-    return True

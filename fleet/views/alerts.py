@@ -11,21 +11,15 @@ from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 
 from fleet.forms import LabelsField, labels_text
+from fleet.models import Alert, AlertRule
 from fleet.roles import OPERATOR, has_role
 from fleet.telemetry import rules
 
-from ._base import client_ip, forbidden, optional_model, page_or_fragment, require_role
-
-
-def _models():
-    return optional_model("fleet", "Alert"), optional_model("fleet", "AlertRule")
+from ._base import client_ip, forbidden, page_or_fragment, require_role
 
 
 @login_required
 def alert_list(request):
-    Alert, AlertRule = _models()
-    if Alert is None:
-        return render(request, "fleet/alerts.html", {"unavailable": True})
     state = request.GET.get("state", "open")
     qs = Alert.objects.select_related("device", "rule").order_by("-started_at", "-id")
     if state == "open":
@@ -35,38 +29,29 @@ def alert_list(request):
     page = Paginator(qs, 50).get_page(request.GET.get("page"))
     return page_or_fragment(request, "fleet/alerts.html", "fleet/partials/alert_table.html", {
         "page": page, "state": state, "states": ["open", "firing", "pending", "resolved", "all"],
-        "rules": AlertRule.objects.order_by("name", "id") if AlertRule else [],
+        "rules": AlertRule.objects.order_by("name", "id"),
     })
 
 
-def rule_form_class():
-    _, AlertRule = _models()
+class AlertRuleForm(forms.ModelForm):
+    label_selector = LabelsField(required=False, help_text="e.g. site=berlin; empty: every device.")
+    webhook_url = forms.URLField(required=False, max_length=500, assume_scheme="https",
+                                 help_text="Optional: POSTed a JSON document when it fires and resolves.")
 
-    class AlertRuleForm(forms.ModelForm):
-        label_selector = LabelsField(required=False, help_text="e.g. site=berlin; empty: every device.")
-        webhook_url = forms.URLField(required=False, max_length=500, assume_scheme="https",
-                                     help_text="Optional: POSTed a JSON document when it fires and resolves.")
-
-        class Meta:
-            model = AlertRule
-            fields = ["name", "metric", "comparison", "threshold", "clear_threshold", "for_s", "window_s",
-                      "label_selector", "enabled", "webhook_url"]
-            labels = {"for_s": "For (seconds)", "window_s": "Averaged over (seconds)"}
-
-    return AlertRuleForm
+    class Meta:
+        model = AlertRule
+        fields = ["name", "metric", "comparison", "threshold", "clear_threshold", "for_s", "window_s",
+                  "label_selector", "enabled", "webhook_url"]
+        labels = {"for_s": "For (seconds)", "window_s": "Averaged over (seconds)"}
 
 
 @login_required
 def rule_edit(request, pk=None):
-    _, AlertRule = _models()
-    if AlertRule is None:
-        return render(request, "fleet/alerts.html", {"unavailable": True})
     rule = get_object_or_404(AlertRule, pk=pk) if pk else None
-    Form = rule_form_class()
     if request.method == "POST":
         if not has_role(request.user, OPERATOR):
             return forbidden(request, OPERATOR)
-        form = Form(request.POST, instance=rule)
+        form = AlertRuleForm(request.POST, instance=rule)
         if form.is_valid():
             # The same service as the API: validation, row lock and audit live there.
             data = {k: v for k, v in form.cleaned_data.items() if k in rules.FIELDS}
@@ -84,14 +69,13 @@ def rule_edit(request, pk=None):
         status = 400
     else:
         initial = {"label_selector": labels_text(rule.label_selector)} if rule else {}
-        form = Form(instance=rule, initial=initial)
+        form = AlertRuleForm(instance=rule, initial=initial)
         status = 200
     return render(request, "fleet/rule_form.html", {"form": form, "rule": rule}, status=status)
 
 
 @require_role(OPERATOR)
 def rule_delete(request, pk):
-    _, AlertRule = _models()
     rule = get_object_or_404(AlertRule, pk=pk)
     rules.delete_rule(request.user, rule, ip=client_ip(request))
     messages.success(request, f"Alert rule “{rule.name}” deleted.")

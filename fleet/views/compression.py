@@ -1,51 +1,30 @@
 """Model registry and compression pages: models, versions with their metadata, datasets, jobs
 with live progress, and the variants of a job on a table and a size/latency chart.
 
-Uploads and job creation go through the compression app's API and services; while those do not
-exist the pages say so instead of failing."""
+Uploads and job creation go through the compression app's API and services."""
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import NoReverseMatch, Resolver404, resolve, reverse
+from django.urls import reverse
 
+from compression.engine.recipes import explain, list_recipes
 from compression.models import AIModel, CompressionJob, Dataset, JobStatus, ModelVersion, Variant
-from fleet import audit
+from compression.services import cancel_job, create_job, create_model
 from fleet.forms import CompressionJobForm, ModelCreateForm
 from fleet.roles import OPERATOR, has_role
 
-from ._base import client_ip, forbidden, optional_attr, page_or_fragment, require_role
+from ._base import client_ip, forbidden, page_or_fragment, require_role
 from .charts import Point, variant_scatter_svg
 
 
-def api_path(path: str) -> str | None:
-    """``path`` when the API answers it (the compression engineer's endpoints may not exist yet)."""
-    try:
-        resolve(path)
-    except Resolver404:
-        return None
-    return path
-
-
-def _reverse_or_none(name: str, *args) -> str | None:
-    try:
-        return reverse(name, args=args)
-    except NoReverseMatch:
-        return None
-
-
 def recipes() -> list[dict]:
-    """[{name, summary}] including ``auto`` first; empty when the engine is not importable."""
-    list_recipes = optional_attr("compression.engine.recipes", "list_recipes")
-    explain = optional_attr("compression.engine.recipes", "explain")
-    if list_recipes is None:
-        return []
-    items = [{"name": "auto", "summary": explain("auto") if explain else "Try every recipe."}]
+    """[{name, summary}] including ``auto`` first."""
+    items = [{"name": "auto", "summary": explain("auto")}]
     items += [{"name": r["name"], "summary": r["summary"]} for r in list_recipes()]
     return items
 
@@ -72,16 +51,8 @@ def model_create(request):
         form.add_error("name", "A model with this name exists already; upload a new version to it instead.")
         return render(request, "compression/models.html", {"models": AIModel.objects.all(), "form": form},
                       status=400)
-    create = optional_attr("compression.services", "create_model")
-    with transaction.atomic():
-        if create is not None:
-            model = create(request.user, name=form.cleaned_data["name"],
-                           description=form.cleaned_data["description"], ip=client_ip(request))
-        else:
-            model = AIModel.objects.create(name=form.cleaned_data["name"],
-                                           description=form.cleaned_data["description"],
-                                           created_by=request.user)
-            audit.record(request.user, "model.create", model, after={"name": model.name}, ip=client_ip(request))
+    model = create_model(request.user, name=form.cleaned_data["name"],
+                         description=form.cleaned_data["description"], ip=client_ip(request))
     messages.success(request, f"Model {model.name} created; upload its first ONNX version below.")
     return redirect("dashboard:model", pk=model.pk)
 
@@ -96,8 +67,8 @@ def model_detail(request, pk):
     datasets = Dataset.objects.filter(model=model).order_by("-created_at")
     return render(request, "compression/model_detail.html", {
         "model": model, "versions": versions, "datasets": datasets,
-        "upload_url": api_path(f"/api/v1/models/{model.pk}/versions/"),
-        "dataset_upload_url": api_path(f"/api/v1/models/{model.pk}/datasets/"),
+        "upload_url": reverse("aimodel-versions", args=[model.pk]),
+        "dataset_upload_url": reverse("aimodel-datasets", args=[model.pk]),
     })
 
 
@@ -155,11 +126,8 @@ def _job_form(data=None, initial=None):
 def job_new(request):
     if not has_role(request.user, OPERATOR):
         return forbidden(request, OPERATOR)
-    create_job = optional_attr("compression.services", "create_job")
     if request.method == "POST":
         form = _job_form(request.POST)
-        if form.is_valid() and create_job is None:
-            form.add_error(None, "The compression service is not installed on this server yet.")
         if form.is_valid():
             data = form.cleaned_data
             version = ModelVersion.objects.get(pk=data["version"])
@@ -181,9 +149,7 @@ def job_new(request):
     else:
         form = _job_form(initial={"version": request.GET.get("version", ""), "recipe": "auto"})
         status = 200
-    return render(request, "compression/job_new.html", {
-        "form": form, "recipes": recipes(), "service_ready": create_job is not None,
-    }, status=status)
+    return render(request, "compression/job_new.html", {"form": form, "recipes": recipes()}, status=status)
 
 
 def _points(job: CompressionJob, variants) -> list[Point]:
@@ -206,13 +172,11 @@ def _points(job: CompressionJob, variants) -> list[Point]:
 def job_context(job: CompressionJob) -> dict:
     variants = list(job.variants.order_by("size_bytes", "recipe"))
     for v in variants:
-        url = api_path(f"/api/v1/variants/{v.pk}/download/")
-        v.download_url = url if url and v.file else None
+        v.download_url = reverse("variant-download", args=[v.pk]) if v.file else None
     return {
         "job": job, "variants": variants,
         "scatter": variant_scatter_svg(_points(job, variants)) if variants else None,
         "baseline": ((job.report or {}).get("baseline") or {}).get("latency_ms") or {},
-        "cancel_available": optional_attr("compression.services", "cancel_job") is not None,
         "log_tail": "\n".join((job.log or "").splitlines()[-300:]),
     }
 
@@ -227,14 +191,11 @@ def job_detail(request, pk):
 @require_role(OPERATOR)
 def job_cancel(request, pk):
     job = get_object_or_404(CompressionJob, pk=pk)
-    cancel = optional_attr("compression.services", "cancel_job")
-    if cancel is None:
-        messages.error(request, "Cancelling needs the compression service, which is not installed yet.")
-    elif not job.is_active:
+    if not job.is_active:
         messages.error(request, f"The job is {job.status}; only queued or running jobs can be cancelled.")
     else:
         try:
-            cancel(request.user, job, ip=client_ip(request))
+            cancel_job(request.user, job, ip=client_ip(request))
             messages.success(request, "Cancellation requested; the worker stops at the next step.")
         except Exception as exc:  # InvalidState: it finished meanwhile
             messages.error(request, f"Not cancelled: {exc}")
@@ -246,5 +207,5 @@ def variant_detail(request, pk):
     variant = get_object_or_404(Variant.objects.select_related("source__model", "job"), pk=pk)
     return render(request, "compression/variant_detail.html", {
         "v": variant,
-        "download": api_path(f"/api/v1/variants/{variant.pk}/download/"),
+        "download": reverse("variant-download", args=[variant.pk]),
     })

@@ -10,21 +10,18 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect, render
 
 from compression.models import AIModel, ModelVersion, Variant
-from fleet import audit
+from fleet import rollouts
 from fleet.forms import LabelsField
-from fleet.models import Device, DeviceStatus
+from fleet.models import Deployment, Device, DeviceStatus
 from fleet.roles import OPERATOR, has_role
 
 from ._base import (
     client_ip,
     forbidden,
-    optional_attr,
-    optional_model,
     page_or_fragment,
     require_role,
 )
@@ -65,7 +62,6 @@ class DeploymentForm(forms.Form):
 
     def build(self):
         """An unsaved Deployment validated by the model's own clean()."""
-        Deployment = optional_model("fleet", "Deployment")
         d = self.cleaned_data
         threshold = d["error_threshold"].strip()
         dep = Deployment(
@@ -88,9 +84,6 @@ class DeploymentForm(forms.Form):
 
 @login_required
 def deployment_list(request):
-    Deployment = optional_model("fleet", "Deployment")
-    if Deployment is None:
-        return render(request, "fleet/deployments.html", {"unavailable": True})
     qs = (Deployment.objects.select_related("model", "resolved_version", "version")
           .annotate(n_total=Count("assignments"),
                     n_installed=Count("assignments", filter=Q(assignments__state="installed")),
@@ -106,11 +99,8 @@ def deployment_list(request):
 
 @login_required
 def deployment_new(request):
-    if optional_model("fleet", "Deployment") is None:
-        return render(request, "fleet/deployments.html", {"unavailable": True})
     if not has_role(request.user, OPERATOR):
         return forbidden(request, OPERATOR)
-    start = optional_attr("fleet.rollouts", "start")
     initial = {"model": request.GET.get("model")}
     if request.GET.get("variant"):  # "Deploy this variant" from a job or variant page
         initial.update(variant_policy="pinned", pinned_variant=request.GET["variant"])
@@ -118,15 +108,11 @@ def deployment_new(request):
     if request.method == "POST" and form.is_valid():
         dep = form.build()
         if dep is not None:
-            with transaction.atomic():
-                dep.created_by = request.user
-                dep.save()
-                if form.cleaned_data["target_kind"] == "devices":
-                    dep.target_devices.set(form.cleaned_data["target_devices"])
-                audit.record(request.user, "deployment.create", dep, after=dep.snapshot(), ip=client_ip(request))
-            if start is not None and "start" in request.POST:
+            dep = rollouts.create(request.user, dep, target_devices=form.cleaned_data["target_devices"],
+                                  ip=client_ip(request))
+            if "start" in request.POST:
                 try:
-                    start(request.user, dep, ip=client_ip(request))
+                    rollouts.start(request.user, dep, ip=client_ip(request))
                     messages.success(request, f"Deployment {dep} started.")
                 except Exception as exc:  # RolloutError and the health check's errors
                     messages.error(request, f"Created as a draft but could not start: {exc}")
@@ -134,24 +120,20 @@ def deployment_new(request):
                 messages.success(request, f"Deployment {dep} saved as a draft.")
             return redirect("dashboard:deployment", pk=dep.pk)
     status = 400 if request.method == "POST" else 200
-    return render(request, "fleet/deployment_new.html", {"form": form, "can_start": start is not None},
-                  status=status)
+    return render(request, "fleet/deployment_new.html", {"form": form}, status=status)
 
 
 @login_required
 def deployment_preview(request):
     """htmx: which devices the form's target matches and which variant each would get."""
-    preview = optional_attr("fleet.rollouts", "preview")
     form = DeploymentForm(request.POST or request.GET or None)
     result, error = None, None
-    if preview is None:
-        error = "Preview needs the rollout module, which is not installed yet."
-    elif form.is_valid():
+    if form.is_valid():
         dep = form.build()
         if dep is not None:
             ids = [d.pk for d in form.cleaned_data["target_devices"]] if dep.target_kind == "devices" else None
             try:
-                result = preview(dep, ids)
+                result = rollouts.preview(dep, ids)
             except Exception as exc:  # a placement error must read as a message, not a 500
                 error = str(exc)
             else:
@@ -197,9 +179,6 @@ def deployment_context(dep) -> dict:
 
 @login_required
 def deployment_detail(request, pk):
-    Deployment = optional_model("fleet", "Deployment")
-    if Deployment is None:
-        return render(request, "fleet/deployments.html", {"unavailable": True})
     dep = get_object_or_404(Deployment.objects.select_related("model", "version", "resolved_version",
                                                               "pinned_variant", "created_by"), pk=pk)
     return page_or_fragment(request, "fleet/deployment_detail.html", "fleet/partials/deployment_live.html",
@@ -212,9 +191,8 @@ ACTIONS = {"start": "start", "pause": "pause", "resume": "resume", "abort": "abo
 
 @require_role(OPERATOR)
 def deployment_action(request, pk, action: str):
-    Deployment = optional_model("fleet", "Deployment")
     dep = get_object_or_404(Deployment, pk=pk)
-    func = optional_attr("fleet.rollouts", ACTIONS.get(action, ""))
+    func = getattr(rollouts, ACTIONS.get(action, ""), None)
     if func is None:
         messages.error(request, f"“{action}” is not available.")
         return redirect("dashboard:deployment", pk=dep.pk)

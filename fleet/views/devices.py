@@ -19,16 +19,24 @@ from rest_framework.exceptions import ValidationError as DrfValidationError
 from fleet import services
 from fleet.filters import DeviceFilter
 from fleet.forms import BulkActionForm, LabelsForm, labels_text
-from fleet.models import AuditEvent, Device, DeviceStatus
+from fleet.models import (
+    Alert,
+    AuditEvent,
+    DeploymentReport,
+    Device,
+    DeviceAssignment,
+    DeviceStatus,
+    Rollup1h,
+    Rollup1m,
+)
 from fleet.roles import OPERATOR
 
 from ._base import (
     client_ip,
-    optional_model,
     page_or_fragment,
     require_role,
 )
-from .overview import PRESENCES, presence_q, presence_windows
+from .overview import PRESENCES, presence_q
 
 SORTS = {
     "name": ("name", "id"),
@@ -59,9 +67,7 @@ def filtered_devices(request):
     presence = data.pop("presence", [""])[-1]
     data.setlist("status", [s for s in data.getlist("status") if s])
     data.setlist("label", [v for v in data.getlist("label") if v.strip()])
-    base = Device.objects.only(*LIST_FIELDS)
-    if optional_model("fleet", "DevicePresence") is not None:
-        base = base.select_related("presence").only(*LIST_FIELDS, "presence__state", "presence__since")
+    base = Device.objects.select_related("presence").only(*LIST_FIELDS, "presence__state", "presence__since")
     filterset = DeviceFilter(data, queryset=base)
     error = None
     try:
@@ -179,29 +185,21 @@ def device_labels(request, pk):
 
 
 def _device_alerts(device):
-    Alert = optional_model("fleet", "Alert")
-    if Alert is None:
-        return None
     return list(Alert.objects.filter(device=device).select_related("rule").order_by("-started_at", "-id")[:20])
 
 
 def _device_deployments(device):
-    """(current assignments, recent reports) once the deployments module exists."""
-    Assignment = optional_model("fleet", "DeviceAssignment")
-    Report = optional_model("fleet", "DeploymentReport")
-    if Assignment is None:
-        return None, None
-    assignments = list(Assignment.objects.filter(device=device)
+    """(current assignments, recent reports)."""
+    assignments = list(DeviceAssignment.objects.filter(device=device)
                        .select_related("deployment", "model", "variant", "previous_variant")
                        .order_by("-created_at")[:30])
-    reports = list(Report.objects.filter(device=device).order_by("-received_at", "-id")[:30]) if Report else []
+    reports = list(DeploymentReport.objects.filter(device=device).order_by("-received_at", "-id")[:30])
     return assignments, reports
 
 
 @login_required
 def device_detail(request, pk):
-    related = ["enrolled_with"] + (["presence"] if optional_model("fleet", "DevicePresence") else [])
-    device = get_object_or_404(Device.objects.select_related(*related), pk=pk)
+    device = get_object_or_404(Device.objects.select_related("enrolled_with", "presence"), pk=pk)
     audit = AuditEvent.objects.filter(object_type="fleet.device", object_id=str(device.pk))[:30]
     assignments, reports = _device_deployments(device)
     return render(request, "fleet/device_detail.html", {
@@ -212,40 +210,27 @@ def device_detail(request, pk):
         "assignments": assignments,
         "reports": reports,
         "ranges": RANGES,
-        "metrics_available": metrics_source() is not None,
         "presence": _presence_of(device),
     })
 
 
 def _presence_of(device) -> str | None:
+    """An active device without a stored presence has never reported: offline, as in ``presence_q``."""
     if device.status != DeviceStatus.ACTIVE:
         return None
-    if optional_model("fleet", "DevicePresence") is not None:
-        try:
-            return device.presence.state
-        except ObjectDoesNotExist:
-            return "offline"
-    if device.last_seen is None:
+    try:
+        return device.presence.state
+    except ObjectDoesNotExist:
         return "offline"
-    late_after, offline_after = presence_windows()
-    age = timezone.now() - device.last_seen
-    return "online" if age < late_after else "late" if age < offline_after else "offline"
 
 
 RANGES = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
-
-
-def metrics_source():
-    """Rollup models of the telemetry module, or None while it does not exist."""
-    Rollup1m, Rollup1h = optional_model("fleet", "Rollup1m"), optional_model("fleet", "Rollup1h")
-    return (Rollup1m, Rollup1h) if Rollup1m is not None and Rollup1h is not None else None
 
 
 def device_series(device, seconds: int) -> dict:
     """Column arrays for uPlot from the 1-minute rollups (up to 24 h) or the 1-hour ones (7 d):
     ts in epoch seconds; CPU, memory and disk in percent; network in bytes/s; temperature in °C.
     Memory and disk are percentages of the totals reported in the same bucket."""
-    Rollup1m, Rollup1h = metrics_source()
     model = Rollup1m if seconds <= 86400 else Rollup1h
     since = timezone.now() - timedelta(seconds=seconds)
     rows = (model.objects.filter(device=device, bucket__gte=since).order_by("bucket")
@@ -280,6 +265,4 @@ def device_metrics(request, pk):
     range_name = request.GET.get("range", "1h")
     if range_name not in RANGES:
         return JsonResponse({"error": f"range must be one of {', '.join(RANGES)}"}, status=400)
-    if metrics_source() is None:
-        return JsonResponse({"range": range_name, "available": False, "ts": []})
-    return JsonResponse({"range": range_name, "available": True, **device_series(device, RANGES[range_name])})
+    return JsonResponse({"range": range_name, **device_series(device, RANGES[range_name])})

@@ -6,40 +6,32 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db.models import Avg, Count, Max, Q
 from django.utils import timezone
 
-from fleet.models import Device, DeviceStatus
+from fleet.models import (
+    Alert,
+    AlertState,
+    Deployment,
+    DeploymentState,
+    Device,
+    DeviceStatus,
+    Rollup1m,
+)
 
-from ._base import model_has_field, optional_model, page_or_fragment
+from ._base import page_or_fragment
 
 PRESENCES = ("online", "late", "offline")
 
 
-def presence_windows() -> tuple[timedelta, timedelta]:
-    """(late after, offline after): 1.5 intervals and 3 intervals plus a grace, as in issue 3."""
-    interval = settings.EDGEFLEET.get("TELEMETRY_INTERVAL_S", 10)
-    return timedelta(seconds=1.5 * interval), timedelta(seconds=3 * interval + 30)
-
-
 def presence_q(presence: str) -> Q:
-    """Active devices that are online / late / offline. Uses the presence the beat task stores
-    (DevicePresence) when that module exists; otherwise derives it from last_seen with the same
-    windows. An active device that never reported counts as offline."""
+    """Active devices that are online / late / offline, by the presence the beat task stores
+    (DevicePresence). An active device without one has never reported and counts as offline."""
     active = Q(status=DeviceStatus.ACTIVE)
-    if optional_model("fleet", "DevicePresence") is not None:
-        if presence == "offline":
-            return active & (Q(presence__state="offline") | Q(presence__isnull=True))
-        return active & Q(presence__state=presence)
-    late_after, offline_after = presence_windows()
-    now = timezone.now()
-    if presence == "online":
-        return active & Q(last_seen__gte=now - late_after)
-    if presence == "late":
-        return active & Q(last_seen__lt=now - late_after, last_seen__gte=now - offline_after)
-    return active & (Q(last_seen__lt=now - offline_after) | Q(last_seen__isnull=True))
+    if presence == "offline":
+        return active & (Q(presence__state="offline") | Q(presence__isnull=True))
+    return active & Q(presence__state=presence)
 
 
 def device_counts() -> dict:
@@ -51,21 +43,9 @@ def device_counts() -> dict:
 
 
 def firing_alerts(limit: int = 8):
-    """(count, latest few) of firing alerts, or None while the alerts module does not exist."""
-    Alert = optional_model("fleet", "Alert")
-    if Alert is None:
-        return None
-    if model_has_field(Alert, "state"):
-        qs = Alert.objects.filter(state="firing")
-    elif model_has_field(Alert, "status"):
-        qs = Alert.objects.filter(status="firing")
-    elif model_has_field(Alert, "resolved_at"):
-        qs = Alert.objects.filter(resolved_at__isnull=True)
-    else:
-        return None
-    related = [f for f in ("device", "rule") if model_has_field(Alert, f)]
-    order = "-fired_at" if model_has_field(Alert, "fired_at") else "-pk"
-    return {"count": qs.count(), "items": list(qs.select_related(*related).order_by(order)[:limit])}
+    """(count, latest few) of firing alerts."""
+    qs = Alert.objects.filter(state=AlertState.FIRING)
+    return {"count": qs.count(), "items": list(qs.select_related("device", "rule").order_by("-fired_at")[:limit])}
 
 
 def running_jobs(limit: int = 6):
@@ -77,15 +57,8 @@ def running_jobs(limit: int = 6):
 
 
 def active_rollouts(limit: int = 6):
-    Deployment = optional_model("fleet", "Deployment")
-    if Deployment is None:
-        return None
-    field = next((f for f in ("status", "state") if model_has_field(Deployment, f)), None)
-    if field is None:
-        return None
-    qs = Deployment.objects.filter(**{f"{field}__in": ["active", "paused"]})
-    related = ["model"] if model_has_field(Deployment, "model") else []
-    return {"count": qs.count(), "items": list(qs.select_related(*related).order_by("-pk")[:limit])}
+    qs = Deployment.objects.filter(state__in=[DeploymentState.ACTIVE, DeploymentState.PAUSED])
+    return {"count": qs.count(), "items": list(qs.select_related("model").order_by("-created_at")[:limit])}
 
 
 HEALTH_CACHE_KEY, HEALTH_CACHE_S = "dashboard:fleet-health", 20
@@ -101,11 +74,8 @@ def fleet_health():
 
 
 def _fleet_health():
-    """One aggregate query over the last five minutes of 1-minute rollups; None until the
-    telemetry module exists or while nothing has reported."""
-    Rollup1m = optional_model("fleet", "Rollup1m")
-    if Rollup1m is None:
-        return None
+    """One aggregate query over the last five minutes of 1-minute rollups; None while nothing
+    has reported."""
     since = timezone.now() - timedelta(minutes=5)
     agg = Rollup1m.objects.filter(bucket__gte=since).aggregate(
         cpu=Avg("cpu_percent_avg"), cpu_max=Max("cpu_percent_max"),

@@ -61,9 +61,7 @@
     root.querySelectorAll(".chart").forEach(function (c) { c.remove(); });
     var empty = root.querySelector("[data-empty]");
     if (!data.ts || !data.ts.length) {
-      if (empty) { empty.hidden = false; empty.textContent = data.available === false
-        ? "Charts appear once the telemetry module is installed and the device reports."
-        : "No telemetry in this period yet."; }
+      if (empty) { empty.hidden = false; empty.textContent = "No telemetry in this period yet."; }
       return;
     }
     if (empty) empty.hidden = true;
@@ -90,7 +88,7 @@
     });
   }
   function loadCharts(root, range) {
-    if (root.getAttribute("data-available") !== "1" || typeof uPlot === "undefined") return;
+    if (typeof uPlot === "undefined") return;
     fetch(root.getAttribute("data-url") + "?range=" + encodeURIComponent(range), {credentials: "same-origin"})
       .then(function (r) { return r.json(); })
       .then(function (data) { drawCharts(root, data); })
