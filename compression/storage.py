@@ -147,12 +147,23 @@ def place(pending: Pending, ext: str = "") -> Stored:
     relpath = address(pending.kind, pending.sha256, ext)
     final = path_of(relpath)
     final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
+    if touch(relpath):  # the same bytes are there: keep them, marked as just placed (see collect)
         pending.discard()
     else:
         os.replace(pending.path, final)
+        touch(relpath)
         _fsync_dir(final.parent)
     return Stored(relpath, pending.sha256, pending.size_bytes)
+
+
+def touch(relpath: str) -> bool:
+    """Mark a stored entry as placed now (its mtime), so :func:`collect` leaves it alone while the
+    database row that will reference it is being written. False when it does not exist."""
+    try:
+        os.utime(path_of(relpath))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def adopt(kind: str, path: str | os.PathLike, ext: str = "") -> Stored:
@@ -191,6 +202,8 @@ def place_tree(kind: str, directory: Path, sha256: str) -> str:
         if not final.is_dir():
             raise
         shutil.rmtree(directory, ignore_errors=True)
+    if not touch(relpath):  # collected between the rename and now: the caller must retry
+        raise FileNotFoundError(f"{relpath} was removed while it was placed")
     return relpath
 
 
@@ -252,3 +265,84 @@ def temporary_entries() -> list[Path]:
     if work.is_dir():
         found += list(work.iterdir())
     return found
+
+
+# --- garbage collection -------------------------------------------------------------------------
+
+GC_PREFIX = f"{TEMP_PREFIX}gc-"
+
+
+@dataclass(frozen=True)
+class Collected:
+    relpath: str  # the entry: <kind>/<ab>/<name>, a file or a directory
+    size_bytes: int
+
+
+def entry_of(relpath: str) -> str:
+    """The stored entry a database path points into (a zip model's directory for its files)."""
+    return "/".join(Path(relpath).parts[:3])
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file())
+    return path.lstat().st_size
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def collect(referenced, *, grace_s: float = 24 * 3600, dry_run: bool = False,
+            still_unreferenced=None) -> list[Collected]:
+    """Remove the stored entries (``models/``, ``datasets/``, ``variants/``) that no database
+    row references and that were last placed more than ``grace_s`` ago. ``referenced`` holds
+    entries (:func:`entry_of`); ``still_unreferenced(relpath) -> bool`` is asked again, from the
+    database, once the entry is out of the way. Returns what was (or, dry, would be) removed.
+
+    Safe against a concurrent upload of the same bytes: an entry is first renamed away
+    (atomically; a placement that comes after it writes a fresh copy), then its mtime is read
+    again — a placement that touched it meanwhile makes it recent — and the database asked again;
+    either puts it back. Only then is it deleted. Temporary files and job work directories are
+    :func:`sweep_temporary`'s business and are not touched."""
+    referenced = {entry_of(r) for r in referenced if r}
+    cutoff = time.time() - grace_s
+    out: list[Collected] = []
+    for kind in KINDS:
+        base = root() / kind
+        if not base.is_dir():
+            continue
+        for shard in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for entry in sorted(shard.iterdir()):
+                relpath = f"{kind}/{shard.name}/{entry.name}"
+                if entry.name.startswith(".") or relpath in referenced:
+                    continue
+                try:
+                    if entry.lstat().st_mtime >= cutoff:
+                        continue
+                    size = _size(entry)
+                except FileNotFoundError:
+                    continue
+                if dry_run:
+                    out.append(Collected(relpath, size))
+                    continue
+                # Aside in the kind's directory: a crash here leaves a .tmp- entry for sweep_temporary.
+                aside = base / f"{GC_PREFIX}{uuid.uuid4().hex}-{entry.name}"
+                try:
+                    os.rename(entry, aside)
+                except FileNotFoundError:
+                    continue
+                recent = aside.lstat().st_mtime >= cutoff
+                if recent or (still_unreferenced is not None and not still_unreferenced(relpath)):
+                    try:
+                        os.rename(aside, entry)  # put back (a fresh copy placed meanwhile wins)
+                    except OSError:
+                        _remove(aside)
+                    continue
+                _remove(aside)
+                out.append(Collected(relpath, size))
+    return out

@@ -39,3 +39,10 @@ def run_job(self, job_id: str) -> str:
 def sweep_temporary_files(max_age_s: float = 6 * 3600) -> int:
     """Remove temporary upload and artifact files left by crashed processes."""
     return storage.sweep_temporary(max_age_s)
+
+
+@shared_task
+def collect_artifacts(grace_s: float = 24 * 3600) -> dict:
+    """Remove stored files nothing references any more (beat, daily)."""
+    removed = services.collect_artifacts(grace_s=grace_s)
+    return {"removed": len(removed), "bytes": sum(c.size_bytes for c in removed)}

@@ -174,6 +174,10 @@ CELERY_BEAT_SCHEDULE.update({
 CELERY_BEAT_SCHEDULE["compression-sweep-temporary"] = {
     "task": "compression.tasks.sweep_temporary_files", "schedule": 3600.0,
 }
+# ... and stored files no row references any more (older than a day).
+CELERY_BEAT_SCHEDULE["compression-collect-artifacts"] = {
+    "task": "compression.tasks.collect_artifacts", "schedule": 86400.0,
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --- Auth -------------------------------------------------------------------------------------

@@ -414,3 +414,26 @@ def add_dataset(
             ip=ip,
         )
     return dataset
+
+
+# --- unreferenced files ---------------------------------------------------------------------------
+
+_FILE_MODELS = (ModelVersion, Variant, Dataset)
+
+
+def collect_artifacts(*, grace_s: float = 24 * 3600, dry_run: bool = False) -> list[storage.Collected]:
+    """Remove stored files no version, variant or dataset references any more (a failed upload
+    after its file was placed, a job's re-run, rows deleted in the admin), once they are older
+    than ``grace_s``. See :func:`compression.storage.collect` for why a concurrent upload of the
+    same bytes is safe."""
+    from django.db.models import Q
+
+    referenced = set()
+    for model in _FILE_MODELS:
+        referenced.update(model.objects.exclude(file="").values_list("file", flat=True))
+
+    def still_unreferenced(entry: str) -> bool:
+        match = Q(file=entry) | Q(file__startswith=f"{entry}/")
+        return not any(model.objects.filter(match).exists() for model in _FILE_MODELS)
+
+    return storage.collect(referenced, grace_s=grace_s, dry_run=dry_run, still_unreferenced=still_unreferenced)

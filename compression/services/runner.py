@@ -189,7 +189,7 @@ def _adopt(path: Path, sha256: str | None) -> storage.Stored:
     in the engine's output directory, so the second may already have been moved."""
     if not path.exists() and sha256:
         relpath = storage.address("variants", sha256, ".onnx")
-        if storage.path_of(relpath).exists():
+        if storage.touch(relpath):  # marked as just placed, so storage.collect leaves it alone
             return storage.Stored(relpath, sha256, storage.path_of(relpath).stat().st_size)
     return storage.adopt("variants", path, ".onnx")
 
