@@ -198,10 +198,14 @@ def apply_inventory(device: Device, inventory: dict) -> bool:
 
 
 def update_inventory(device: Device, inventory: dict) -> bool:
-    """Store a newer inventory report; True when it differed from what we had."""
+    """Store a newer inventory report; True when it differed from what we had. New resources or
+    execution providers may change which variant fits the device: it is re-placed after commit."""
     changed = apply_inventory(device, inventory)
     if changed:
+        from . import rollouts
+
         device.save()
+        transaction.on_commit(lambda: rollouts.reevaluate_device(device))
     return changed
 
 
@@ -295,8 +299,73 @@ def create_api_token(actor, user, *, name: str, expires_at: datetime | None = No
 
 def revoke_api_token(actor, token: ApiToken, *, ip: str | None = None) -> ApiToken:
     with transaction.atomic():
+        token = ApiToken.objects.select_for_update().get(pk=token.pk)
         if token.revoked_at is None:
             token.revoked_at = timezone.now()
             token.save(update_fields=["revoked_at"])
             audit.record(actor, "api_token.revoke", token, after={"revoked_at": token.revoked_at.isoformat()}, ip=ip)
     return token
+
+
+# --- operators' accounts ------------------------------------------------------------------------
+
+UNSET = object()
+
+
+class SelfLockout(Exception):
+    """An admin may not take their own admin role or deactivate themselves (answered 403)."""
+
+
+def set_role(user, role: str | None) -> None:
+    """Put the user in exactly one role group (or none)."""
+    from django.contrib.auth.models import Group
+
+    from .roles import ROLES, role_group
+
+    user.groups.remove(*Group.objects.filter(name__in=ROLES))
+    if role:
+        user.groups.add(role_group(role))
+    user._edgefleet_role = "unset"  # role_of reads the groups again
+
+
+def create_user(actor, *, username: str, email: str = "", password: str | None = None, role: str | None = None,
+                is_active: bool = True, ip: str | None = None):
+    """A new operator account (without a password: unusable until one is set), audited."""
+    from django.contrib.auth import get_user_model
+
+    with transaction.atomic():
+        user = get_user_model().objects.create_user(username, email=email, password=password or None,
+                                                    is_active=is_active)
+        set_role(user, role)
+        audit.record(actor, "user.create", user, after={"username": user.username, "role": role or None}, ip=ip)
+    return user
+
+
+def update_user(actor, user, *, role=UNSET, is_active: bool | None = None, password: str | None = None,
+                ip: str | None = None, **fields):
+    """Change an account's role, active flag, password or plain fields (``email``, ``username``),
+    audited. Refuses (``SelfLockout``) an admin demoting or deactivating themselves, whichever
+    way they ask."""
+    from .roles import ADMIN, role_of
+
+    if user.pk == getattr(actor, "pk", None) and ((role is not UNSET and role != ADMIN) or is_active is False):
+        raise SelfLockout("You cannot remove your own admin role or deactivate yourself; ask another admin.")
+    with transaction.atomic():
+        before = {"role": role_of(user), "is_active": user.is_active}
+        changed = []
+        for name, value in fields.items():
+            setattr(user, name, value)
+            changed.append(name)
+        if is_active is not None and is_active != user.is_active:
+            user.is_active = is_active
+            changed.append("is_active")
+        if password:
+            user.set_password(password)
+            changed.append("password")
+        if changed:
+            user.save(update_fields=changed)
+        if role is not UNSET:
+            set_role(user, role)
+        audit.record(actor, "user.update", user, before=before,
+                     after={"role": role_of(user), "is_active": user.is_active}, ip=ip)
+    return user

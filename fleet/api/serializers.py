@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from rest_framework import serializers
 
 from fleet.models import ApiToken, AuditEvent, Device, EnrollmentToken
-from fleet.roles import ROLES, role_group, role_of
+from fleet.roles import ROLES, role_of
 
 from .fields import LabelsField
 
@@ -104,32 +103,6 @@ class UserSerializer(serializers.ModelSerializer):
         data = super().to_representation(instance)
         data["role"] = role_of(instance) if instance.is_active else None
         return data
-
-    def _apply(self, user, role, password):
-        if password:
-            user.set_password(password)
-            user.save()
-        if role is not None or "role" in self.initial_data:
-            user.groups.remove(*Group.objects.filter(name__in=ROLES))
-            if role:
-                user.groups.add(role_group(role))
-            user._edgefleet_role = "unset"
-
-    def create(self, validated):
-        role, password = validated.pop("role", None), validated.pop("password", None)
-        user = User.objects.create(**validated)
-        if not password:
-            user.set_unusable_password()
-            user.save()
-        self._apply(user, role, password)
-        return user
-
-    def update(self, instance, validated):
-        role, password = validated.pop("role", None), validated.pop("password", None)
-        user = super().update(instance, validated)
-        self._apply(user, role, password)
-        return user
-
 
 class AuditEventSerializer(serializers.ModelSerializer):
     class Meta:

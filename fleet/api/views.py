@@ -177,21 +177,19 @@ class UserViewSet(
     search_fields = ["username", "email"]
 
     def perform_create(self, serializer):
-        from fleet import audit
-
-        user = serializer.save()
-        audit.record(self.request.user, "user.create", user,
-                     after={"username": user.username, "role": role_of(user)}, ip=client_ip(self.request))
+        data = dict(serializer.validated_data)
+        serializer.instance = services.create_user(
+            self.request.user, username=data.pop("username"), role=data.pop("role", None),
+            ip=client_ip(self.request), **data)
 
     def perform_update(self, serializer):
-        from fleet import audit
-
-        before = {"role": role_of(serializer.instance), "is_active": serializer.instance.is_active}
-        if serializer.instance.pk == self.request.user.pk and serializer.validated_data.get("role", "admin") != "admin":
-            raise PermissionDenied("You cannot remove your own admin role.")
-        user = serializer.save()
-        audit.record(self.request.user, "user.update", user, before=before,
-                     after={"role": role_of(user), "is_active": user.is_active}, ip=client_ip(self.request))
+        data = dict(serializer.validated_data)
+        role = data.pop("role") if "role" in data else services.UNSET
+        try:
+            services.update_user(self.request.user, serializer.instance, role=role,
+                                 is_active=data.pop("is_active", None), ip=client_ip(self.request), **data)
+        except services.SelfLockout as exc:
+            raise PermissionDenied(str(exc)) from exc
 
 
 class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):

@@ -6,15 +6,13 @@ from datetime import timedelta
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
-from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
-from fleet import audit, services
+from fleet import services
 from fleet.forms import ApiTokenForm, RoleForm, UserCreateForm
 from fleet.models import ApiToken
-from fleet.roles import ADMIN, ROLES, role_group, role_of
+from fleet.roles import ADMIN, ROLES
 
 from ._base import client_ip, require_role
 
@@ -38,23 +36,14 @@ def user_list(request):
     return _page(request)
 
 
-def _set_role(user, role: str) -> None:
-    user.groups.remove(*Group.objects.filter(name__in=ROLES))
-    if role:
-        user.groups.add(role_group(role))
-
-
 @require_role(ADMIN)
 def user_create(request):
     form = UserCreateForm(request.POST)
     if not form.is_valid():
         return _page(request, form=form, status=400)
     data = form.cleaned_data
-    with transaction.atomic():
-        user = User.objects.create_user(data["username"], email=data["email"], password=data["password"])
-        _set_role(user, data["role"])
-        audit.record(request.user, "user.create", user, after={"username": user.username, "role": data["role"]},
-                     ip=client_ip(request))
+    user = services.create_user(request.user, username=data["username"], email=data["email"],
+                                password=data["password"], role=data["role"], ip=client_ip(request))
     messages.success(request, f"User {user.username} created as {data['role']}.")
     return redirect("dashboard:users")
 
@@ -67,18 +56,11 @@ def user_role(request, pk):
         messages.error(request, "Role not changed: " + "; ".join(e for errs in form.errors.values() for e in errs))
         return redirect("dashboard:users")
     role, active = form.cleaned_data["role"], form.cleaned_data["is_active"]
-    if user.pk == request.user.pk and (role != ADMIN or not active):
-        messages.error(request, "You cannot remove your own admin role or deactivate yourself; "
-                                "ask another admin.")
+    try:
+        services.update_user(request.user, user, role=role, is_active=active, ip=client_ip(request))
+    except services.SelfLockout as exc:
+        messages.error(request, str(exc))
         return redirect("dashboard:users")
-    with transaction.atomic():
-        before = {"role": role_of(user), "is_active": user.is_active}
-        _set_role(user, role)
-        if user.is_active != active:
-            user.is_active = active
-            user.save(update_fields=["is_active"])
-        audit.record(request.user, "user.update", user, before=before,
-                     after={"role": role or None, "is_active": active}, ip=client_ip(request))
     messages.success(request, f"{user.username}: role {role or 'none'}, {'active' if active else 'inactive'}.")
     return redirect("dashboard:users")
 

@@ -83,6 +83,20 @@ def test_admin_manages_users_and_roles(admin_api, viewer):
     assert AuditEvent.objects.filter(action="user.update", object_id=str(viewer.pk)).get().before["role"] == "viewer"
 
 
+def test_an_admin_cannot_lock_themselves_out_through_the_api(admin_api, admin):
+    """The same rule as the dashboard (fleet.services.update_user): neither a demotion nor a
+    deactivation of one's own account, and nothing is changed or audited."""
+    for body in ({"role": "viewer"}, {"is_active": False}, {"role": None}):
+        resp = admin_api.patch(f"/api/v1/users/{admin.pk}/", body, format="json")
+        assert resp.status_code == 403 and "yourself" in resp.json()["detail"], body
+    admin.refresh_from_db()
+    assert admin.is_active and admin.groups.filter(name="admin").exists()
+    assert not AuditEvent.objects.filter(action="user.update", object_id=str(admin.pk)).exists()
+    renamed = admin_api.patch(f"/api/v1/users/{admin.pk}/", {"email": "ada@example.com"}, format="json")
+    assert renamed.status_code == 200 and renamed.json()["email"] == "ada@example.com"
+    assert renamed.json()["role"] == "admin"
+
+
 def test_api_token_created_once_then_usable(admin_api, operator):
     created = admin_api.post("/api/v1/api-tokens/", {"name": "ci-bot", "user": "otto-operator"}, format="json").json()
     from rest_framework.test import APIClient
