@@ -83,16 +83,18 @@ class DeviceTokenAuthentication(authentication.BaseAuthentication):
             return None
         if not token.startswith(DEVICE_PREFIX):
             raise exceptions.AuthenticationFailed("This endpoint takes a device token (efd_…).")
-        credential = (
-            DeviceCredential.objects.select_related("device")
-            .filter(token_hash=hash_token(token), revoked_at__isnull=True)
-            .first()
-        )
-        if credential is None:
+        found = self.lookup(hash_token(token))
+        if found is None:
             raise exceptions.AuthenticationFailed(
                 "Device token is invalid or revoked; enroll the device again."
             )
-        return DevicePrincipal(credential.device), credential
+        return found
+
+    def lookup(self, digest: str):
+        """(principal, auth) for an unrevoked credential with this digest, or None."""
+        credential = (DeviceCredential.objects.select_related("device")
+                      .filter(token_hash=digest, revoked_at__isnull=True).first())
+        return None if credential is None else (DevicePrincipal(credential.device), credential)
 
     def authenticate_header(self, request) -> str:
         return "Bearer"
@@ -132,33 +134,25 @@ class LeanDeviceTokenAuthentication(DeviceTokenAuthentication):
             )
         return cls._sql
 
-    def authenticate(self, request):
-        token = _bearer(request, keywords=("bearer",))
-        if token is None:
-            return None
-        if not token.startswith(DEVICE_PREFIX):
-            raise exceptions.AuthenticationFailed("This endpoint takes a device token (efd_…).")
-        digest = hash_token(token)
+    def lookup(self, digest: str):
         fresh_check = connection.connection is None or connection.health_check_done
         connection.health_check_done = True
         try:
-            row = self._lookup(digest)
+            row = self._fetch(digest)
         except (InterfaceError, OperationalError):
             if fresh_check or not connection.get_autocommit():
                 raise
             connection.close()  # a persistent connection the server dropped: reconnect once
-            row = self._lookup(digest)
+            row = self._fetch(digest)
         if row is None:
-            raise exceptions.AuthenticationFailed(
-                "Device token is invalid or revoked; enroll the device again."
-            )
+            return None
         device_id, name, status_, *rest = row
         if not isinstance(device_id, uuid.UUID):
             device_id = uuid.UUID(device_id)  # SQLite keeps UUIDs as text
         device = Device.from_db(connection.alias, ["id", "name", "status"], [device_id, name, status_])
         return DevicePrincipal(device), dict(zip(self.extra, rest, strict=True))
 
-    def _lookup(self, digest: str):
+    def _fetch(self, digest: str):
         with connection.cursor() as cur:
             cur.execute(self.sql(), [digest])
             return cur.fetchone()

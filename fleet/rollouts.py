@@ -266,11 +266,6 @@ def running_variant_id(a: DeviceAssignment):
     return a.previous_variant_id  # in progress, failed, rolling back or rolled back
 
 
-def make_current(a: DeviceAssignment, *, now: datetime) -> None:
-    """Make ``a`` the device's assignment for its model (see :func:`make_current_many`)."""
-    make_current_many([a], now=now)
-
-
 def make_current_many(assignments: list[DeviceAssignment], *, now: datetime) -> None:
     """Make each assignment its device's current one for its model; the older current one is
     superseded and what it ran becomes the new assignment's rollback target. The caller bumps

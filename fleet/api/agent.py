@@ -8,7 +8,6 @@ status, so the agent can tell "wait for an operator" from "stop".
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import transaction
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -106,14 +105,7 @@ class InventoryView(DeviceAPIView):
     def put(self, request):
         if not isinstance(request.data, dict):
             return Response({"detail": "inventory must be a JSON object"}, status=status.HTTP_400_BAD_REQUEST)
-        device = self.device
-        changed = services.update_inventory(device, dict(request.data))
-        if changed:
-            # New resources or execution providers may change which variant fits this device.
-            from fleet import rollouts
-
-            transaction.on_commit(lambda: rollouts.reevaluate_device(device))
-        return Response({"changed": changed})
+        return Response({"changed": services.update_inventory(self.device, dict(request.data))})
 
 
 class RotateTokenView(DeviceAPIView):

@@ -94,13 +94,18 @@ def evaluate_rule(rule: AlertRule, devices: dict, now: datetime, means_cache: di
     to_save: list[Alert] = []
     to_create: list[Alert] = []
     to_forget: list[int] = []
-    if not rule.enabled:
+
+    def end_all_open():
+        """A pending alert is forgotten; a firing one resolves."""
         for alert in open_alerts.values():
             if alert.state == AlertState.PENDING:
                 to_forget.append(alert.pk)
             else:
                 _transition(alert, AlertState.RESOLVED, now, None, notify)
                 to_save.append(alert)
+
+    if not rule.enabled:
+        end_all_open()
     else:
         key = (rule.metric, rule.window_s)
         if key not in means_cache:
@@ -133,13 +138,7 @@ def evaluate_rule(rule: AlertRule, devices: dict, now: datetime, means_cache: di
             elif clears(rule, value):
                 _transition(alert, AlertState.RESOLVED, now, value, notify)
             to_save.append(alert)
-        # Alerts of devices no longer in scope (or no longer active) end here.
-        for alert in open_alerts.values():
-            if alert.state == AlertState.PENDING:
-                to_forget.append(alert.pk)
-            else:
-                _transition(alert, AlertState.RESOLVED, now, None, notify)
-                to_save.append(alert)
+        end_all_open()  # devices no longer in scope (or no longer active)
     with transaction.atomic():
         Alert.objects.bulk_create(to_create)
         Alert.objects.bulk_update(to_save, ["state", "fired_at", "resolved_at", "value", "last_value"])
