@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from celery import shared_task
 from django.db import OperationalError
-from django.utils import timezone
 
 from compression import services, storage
-from compression.models import CompressionJob, JobStatus
 
 
 @shared_task(
@@ -26,11 +24,7 @@ def run_job(self, job_id: str) -> str:
         return services.run_job(job_id)
     except OperationalError as exc:
         if self.request.retries >= self.max_retries:
-            CompressionJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-                status=JobStatus.FAILED,
-                error=f"database unavailable after {self.max_retries} retries: {exc}",
-                finished_at=timezone.now(),
-            )
+            services.fail_job(job_id, f"database unavailable after {self.max_retries} retries: {exc}")
             raise
         raise self.retry(exc=exc) from exc
 
@@ -42,7 +36,6 @@ def sweep_temporary_files(max_age_s: float = 6 * 3600) -> int:
 
 
 @shared_task
-def collect_artifacts(grace_s: float = 24 * 3600) -> dict:
-    """Remove stored files nothing references any more (beat, daily)."""
-    removed = services.collect_artifacts(grace_s=grace_s)
-    return {"removed": len(removed), "bytes": sum(c.size_bytes for c in removed)}
+def collect_artifacts(grace_s: float = 24 * 3600) -> int:
+    """Remove stored files nothing references any more (beat, daily); returns how many."""
+    return len(services.collect_artifacts(grace_s=grace_s))

@@ -14,7 +14,7 @@ from compression.services.registry import (
     too_large_message,
     upload_limit,
 )
-from compression.services.runner import run_job
+from compression.services.runner import fail_job, run_job
 
 __all__ = [
     "ORIGINAL",
@@ -29,6 +29,7 @@ __all__ = [
     "cancel_job",
     "create_job",
     "create_model",
+    "fail_job",
     "recipe_names",
     "run_job",
     "too_large_message",

@@ -12,7 +12,7 @@ from typing import Any
 
 import onnx
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from compression import signing, storage
@@ -84,13 +84,14 @@ def version_inputs(version: ModelVersion) -> list[TensorSpec]:
 
 def create_model(user, *, name: str, description: str = "", ip: str | None = None) -> AIModel:
     """Register a model name; its files arrive later as versions."""
-    if AIModel.objects.filter(name=name).exists():
-        raise Conflict(f"a model named '{name}' already exists")
-    with transaction.atomic():
-        model = AIModel.objects.create(
-            name=name, description=description, created_by=user if getattr(user, "pk", None) else None
-        )
-        audit.record(user, "model.create", model, after={"name": name}, ip=ip)
+    try:
+        with transaction.atomic():
+            model = AIModel.objects.create(
+                name=name, description=description, created_by=user if getattr(user, "pk", None) else None
+            )
+            audit.record(user, "model.create", model, after={"name": name}, ip=ip)
+    except IntegrityError:  # the name is unique: a concurrent create won
+        raise Conflict(f"a model named '{name}' already exists") from None
     return model
 
 

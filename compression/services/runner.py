@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, OperationalError, transaction
 from django.utils import timezone
 
 from compression import signing, storage
@@ -122,6 +122,12 @@ def _claim(job_id: str) -> tuple[CompressionJob, int] | None:
         return job, job.attempts
 
 
+def fail_job(job_id: str, reason: str) -> bool:
+    """Mark a running job failed from outside its attempt (the task gave up retrying)."""
+    return bool(CompressionJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+        status=JobStatus.FAILED, step="failed", error=reason, finished_at=timezone.now()))
+
+
 def _finish(job_id: str, attempt: int, **fields: Any) -> bool:
     fields.setdefault("finished_at", timezone.now())
     return bool(
@@ -172,8 +178,14 @@ def run_job(job_id: str) -> str:
         _finish(job_id, attempt, status=JobStatus.FAILED, error=str(exc), step="failed",
                 log=tracker.text())
         return JobStatus.FAILED
-    except DatabaseError:
+    except OperationalError:
         raise  # the task retries transient database errors; the next attempt starts clean
+    except DatabaseError as exc:  # not transient (integrity, data): a retry would fail the same way
+        tracker.log(traceback.format_exc())
+        _finish(job_id, attempt, status=JobStatus.FAILED, step="failed",
+                error=f"database error: {type(exc).__name__}: {exc}", log=tracker.text())
+        logger.exception("compression job %s failed on the database", job_id)
+        return JobStatus.FAILED
     except Exception as exc:
         tracker.log(traceback.format_exc())
         _finish(job_id, attempt, status=JobStatus.FAILED, step="failed",
