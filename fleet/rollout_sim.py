@@ -14,12 +14,12 @@ import hashlib
 import heapq
 import http.client
 import json
-import math
 import random
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
+
+from fleet.simulator import Connection, percentile
 
 DESIRED_STATE = "/api/v1/agent/desired-state"
 REPORTS = "/api/v1/agent/reports"
@@ -70,22 +70,10 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
-
-
-class HttpTransport:
-    """One keep-alive HTTP/1.1 connection: ``request() -> (status, headers, body bytes)``."""
-
-    def __init__(self, server: str, timeout: float = 30.0):
-        parts = urllib.parse.urlsplit(server)
-        self.host, self.port = parts.hostname, parts.port or 80
-        self.base = parts.path.rstrip("/")
-        self.timeout = timeout
-        self.conn: http.client.HTTPConnection | None = None
+class HttpTransport(Connection):
+    """One keep-alive HTTP(S)/1.1 connection (``fleet.simulator.Connection``: scheme, host,
+    reconnect) that answers raw: ``request() -> (status, headers, body bytes)``, for ETags and
+    artifact bytes."""
 
     def request(self, method: str, path: str, *, token: str, body: dict | None = None,
                 headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -95,7 +83,7 @@ class HttpTransport:
             hdrs["Content-Type"] = "application/json"
         for attempt in (1, 2):
             if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                self._connect()
             try:
                 self.conn.request(method, self.base + path, body=data, headers=hdrs)
                 resp = self.conn.getresponse()
@@ -109,11 +97,6 @@ class HttpTransport:
                 if attempt == 2:
                     raise
         raise ConnectionError("unreachable")  # pragma: no cover
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
 
 
 def _report(dev: SimDevice, entry: dict, variant_id, state: str, step: str = "", **extra) -> dict:

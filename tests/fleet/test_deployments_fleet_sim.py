@@ -92,3 +92,13 @@ def test_two_hundred_devices_converge_phase_by_phase_and_mostly_get_304():
     assert stats.changed <= 2 * N + 5 and stats.downloads == N
     assert stats.not_modified / stats.polls > 0.8, stats.summary(1.0)
     assert not stats.errors
+
+
+def test_the_http_transport_follows_the_url_scheme():
+    """bench/rollout's transport is fleet.simulator's connection: an https:// server is reached
+    over TLS on 443, not in clear text on 80."""
+    from fleet.rollout_sim import HttpTransport
+
+    tls, plain = HttpTransport("https://fleet.example/base/"), HttpTransport("http://127.0.0.1:8123")
+    assert (tls.https, tls.port, tls.base) == (True, 443, "/base")
+    assert (plain.https, plain.port) == (False, 8123)
